@@ -1,0 +1,38 @@
+"""Lipschitz layers: thin ``nn.Module``s over the maths in :mod:`bcop.orthogonal`."""
+
+from bcop.layers.activations import GroupSort, MaxMin, group_sort
+from bcop.layers.conv import (
+    KERNEL_SIZES,
+    BCOPConv2d,
+    LipschitzConv2d,
+    OSSNConv2d,
+    PlainConv2d,
+    RKOConv2d,
+    SVCMConv2d,
+    bcop_kernel,
+    svcm_project,
+)
+from bcop.layers.downsample import InvertibleDownsample
+from bcop.layers.linear import BjorckLinear, LipschitzLinear, Orthonormal
+from bcop.layers.parametrization import CachedParametrization, frozen_weights
+
+__all__ = [
+    "KERNEL_SIZES",
+    "BCOPConv2d",
+    "BjorckLinear",
+    "GroupSort",
+    "InvertibleDownsample",
+    "LipschitzConv2d",
+    "LipschitzLinear",
+    "MaxMin",
+    "OSSNConv2d",
+    "Orthonormal",
+    "PlainConv2d",
+    "RKOConv2d",
+    "SVCMConv2d",
+    "CachedParametrization",
+    "bcop_kernel",
+    "frozen_weights",
+    "group_sort",
+    "svcm_project",
+]

@@ -1,0 +1,340 @@
+"""Lipschitz convolutions: BCOP and the paper's baselines (RKO, OSSN, SVCM, plain).
+
+Every layer here *is* an ``nn.Conv2d`` (stride 1, "same" output size, circular padding by
+default), whose weight is either a free parameter (plain, SVCM) or produced by a
+parametrization registered with ``torch.nn.utils.parametrize`` (BCOP, RKO, OSSN). Each layer
+reports a sound upper bound on its L2 Lipschitz constant for a given input size, computed
+exactly from the weight it actually uses (never assumed to be 1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from bcop.layers.parametrization import CachedParametrization
+from bcop.orthogonal import ORTHO_METHODS, compose_kernels, conv_spectral_norm, orthonormalize
+
+__all__ = [
+    "KERNEL_SIZES",
+    "LipschitzConv2d",
+    "PlainConv2d",
+    "BCOPConv2d",
+    "RKOConv2d",
+    "OSSNConv2d",
+    "SVCMConv2d",
+    "bcop_kernel",
+    "svcm_project",
+]
+
+KERNEL_SIZES = range(1, 8)
+PADDING_MODES = ("circular", "zeros")
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class LipschitzConv2d(nn.Conv2d):
+    """Stride-1 convolution with "same" output size that can bound its own Lipschitz constant.
+
+    Args:
+        in_channels, out_channels: channel counts (>= 1).
+        kernel_size: k in 1..7 (square kernels).
+        bias: add a learnable bias (it does not change the Lipschitz constant).
+        padding_mode: ``"circular"`` (the operator whose singular values BCOP controls exactly)
+            or ``"zeros"``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        padding_mode: str = "circular",
+    ) -> None:
+        if (
+            not isinstance(in_channels, int)
+            or not isinstance(out_channels, int)
+            or min(in_channels, out_channels) < 1
+        ):
+            raise ValueError(
+                f"channel counts must be positive integers, got in={in_channels}, out={out_channels}"
+            )
+        if kernel_size not in KERNEL_SIZES:
+            raise ValueError(f"kernel_size must be an integer in 1..{KERNEL_SIZES[-1]}, got {kernel_size!r}")
+        if padding_mode not in PADDING_MODES:
+            raise ValueError(f"padding_mode must be one of {PADDING_MODES}, got {padding_mode!r}")
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            padding="same",
+            padding_mode=padding_mode,
+            bias=bias,
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, in_channels, H, W) -> (N, out_channels, H, W)."""
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"{type(self).__name__} expects input of shape (N, {self.in_channels}, H, W), "
+                f"got {tuple(x.shape)}"
+            )
+        return super().forward(x)
+
+    def lipschitz_bound(self, input_shape: Sequence[int]) -> float:
+        """Upper bound on the layer's L2 Lipschitz constant for inputs of shape (C, H, W).
+
+        Circular padding: the exact operator norm (largest singular value, by FFT). Zero
+        padding: the same operator is a restriction of the circular convolution on an
+        (H + k - 1) x (W + k - 1) grid, whose exact norm is therefore an upper bound.
+        """
+        h, w = _pair(tuple(input_shape)[-2:])
+        if self.padding_mode == "zeros":
+            k = self.kernel_size[0]
+            h, w = h + k - 1, w + k - 1
+        return conv_spectral_norm(self.weight, (h, w))
+
+
+class PlainConv2d(LipschitzConv2d):
+    """Unconstrained convolution; its bound is computed exactly and is usually far above 1."""
+
+
+def bcop_kernel(
+    ortho: torch.Tensor,
+    projectors: torch.Tensor | None,
+    kernel_size: int,
+    out_channels: int,
+    in_channels: int,
+) -> torch.Tensor:
+    """Build an orthogonal convolution kernel from orthogonal matrices (BCOP, Li et al. 2019).
+
+    The kernel is ``H`` (a 1x1 orthogonal convolution) followed by ``k - 1`` 2x2 block
+    convolutions, each the composition of a 1x2 kernel ``[P, I - P]`` along the width and a 2x1
+    kernel ``[Q; I - Q]`` along the height, with ``P`` and ``Q`` symmetric projectors. Each
+    factor is an orthogonal operator under circular padding, so their composition is too.
+
+    Args:
+        ortho: (c, c) orthogonal matrix ``H``, c = max(in_channels, out_channels).
+        projectors: (2 * (k - 1), c, r) matrices with orthonormal columns; ``P = U U^T``. The
+            first k - 1 are the width projectors, the rest the height projectors. None (or r = 0)
+            means zero projectors.
+        kernel_size: k.
+        out_channels, in_channels: the returned kernel is the top-left block.
+
+    Returns:
+        (out_channels, in_channels, k, k) kernel.
+    """
+    c = ortho.shape[-1]
+    kernel = ortho[:, :, None, None]
+    if kernel_size > 1:
+        eye = torch.eye(c, dtype=ortho.dtype, device=ortho.device)
+        if projectors is None:
+            proj = ortho.new_zeros(2 * (kernel_size - 1), c, c)
+        else:
+            proj = projectors @ projectors.mT
+        width, height = proj[: kernel_size - 1], proj[kernel_size - 1 :]
+        width_taps = torch.stack([width, eye - width], dim=1)  # (k-1, 2, c, c)
+        height_taps = torch.stack([height, eye - height], dim=1)
+        # block[t][:, :, a, b] = Q_t^(a) P_t^(b): the 1x2 kernel, then the 2x1 kernel.
+        blocks = torch.einsum("tamn,tbnp->tmpab", height_taps, width_taps)
+        for block in blocks:
+            kernel = compose_kernels(kernel, block)
+    return kernel[:out_channels, :in_channels]
+
+
+class BCOPKernel(CachedParametrization):
+    """Parametrization: unconstrained matrices -> orthonormalise -> BCOP kernel."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, method: str, iters: int
+    ) -> None:
+        super().__init__()
+        if method not in ORTHO_METHODS:
+            raise ValueError(f"unknown orthonormalisation method {method!r}; known: {ORTHO_METHODS}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size, self.method, self.iters = kernel_size, method, iters
+        c = max(in_channels, out_channels)
+        self.rank = c // 2
+        self._initial: tuple[torch.Tensor, ...] | None = self._init_originals(c)
+
+    def _init_originals(self, c: int) -> tuple[torch.Tensor, ...]:
+        ortho = nn.init.orthogonal_(torch.empty(c, c))
+        if self.kernel_size == 1 or self.rank == 0:
+            return (ortho,)
+        proj = torch.empty(2 * (self.kernel_size - 1), c, self.rank)
+        for matrix in proj:
+            nn.init.orthogonal_(matrix)
+        return ortho, proj
+
+    def right_inverse(self, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Give the initial unconstrained matrices (used once, when the layer is built)."""
+        if self._initial is None:
+            raise ValueError(
+                "a BCOP kernel cannot be assigned directly: set the unconstrained matrices "
+                "parametrizations.weight.original0/original1, or load a state_dict"
+            )
+        initial, self._initial = self._initial, None
+        return tuple(t.to(dtype=weight.dtype, device=weight.device) for t in initial)
+
+    def compute(self, ortho: torch.Tensor, proj: torch.Tensor | None = None) -> torch.Tensor:
+        h = orthonormalize(ortho, self.method, self.iters)
+        u = None if proj is None else orthonormalize(proj, self.method, self.iters)
+        return bcop_kernel(h, u, self.kernel_size, self.out_channels, self.in_channels)
+
+
+class BCOPConv2d(LipschitzConv2d):
+    """Block Convolution Orthogonal Parameterization (Li et al., NeurIPS 2019).
+
+    An orthogonal convolution: with circular padding all singular values of the operator are
+    1 (for in_channels != out_channels, the kernel is a block of an orthogonal one of
+    max(in, out) channels: an isometry when out >= in, gradient-norm preserving when out <= in).
+
+    Args:
+        in_channels, out_channels, kernel_size, bias, padding_mode: as ``LipschitzConv2d``.
+        ortho_method: ``"polar"`` (exact, default) or ``"bjorck"``.
+        bjorck_iters: iterations when ``ortho_method="bjorck"``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        padding_mode: str = "circular",
+        ortho_method: str = "polar",
+        bjorck_iters: int = 20,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, bias, padding_mode)
+        parametrize.register_parametrization(
+            self,
+            "weight",
+            BCOPKernel(in_channels, out_channels, kernel_size, ortho_method, bjorck_iters),
+        )
+
+
+class ReshapedKernel(CachedParametrization):
+    """Parametrization of the reshaped kernel ``M`` (out x in*k*k), scaled by ``1/k``.
+
+    Each input pixel enters ``k*k`` output patches, so ``||conv|| <= k ||M||_2``; with
+    ``||M||_2 <= 1`` the scaled kernel is 1-Lipschitz.
+
+    Args:
+        mode: ``"rko"`` (orthonormalise M: Cisse et al. 2017, as the paper's RKO) or
+            ``"ossn"`` (one-sided spectral normalisation: divide M by its exact spectral norm
+            only when that exceeds 1).
+    """
+
+    def __init__(self, kernel_size: int, mode: str, method: str = "polar", iters: int = 20):
+        super().__init__()
+        self.kernel_size, self.mode, self.method, self.iters = kernel_size, mode, method, iters
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.kernel_size
+
+    def compute(self, raw: torch.Tensor) -> torch.Tensor:
+        matrix = raw.reshape(raw.shape[0], -1)
+        if self.mode == "rko":
+            matrix = orthonormalize(matrix, self.method, self.iters)
+        else:
+            sigma = torch.linalg.matrix_norm(matrix, ord=2)
+            matrix = matrix / sigma.clamp_min(1.0)
+        return (matrix / self.kernel_size).reshape(raw.shape)
+
+
+class RKOConv2d(LipschitzConv2d):
+    """Reshaped Kernel Orthogonalisation: 1-Lipschitz but not gradient-norm preserving."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        padding_mode: str = "circular",
+        ortho_method: str = "polar",
+        bjorck_iters: int = 20,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, bias, padding_mode)
+        parametrize.register_parametrization(
+            self, "weight", ReshapedKernel(kernel_size, "rko", ortho_method, bjorck_iters)
+        )
+
+
+class OSSNConv2d(LipschitzConv2d):
+    """One-Sided Spectral Normalisation of the reshaped kernel (scaled by 1/k)."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        padding_mode: str = "circular",
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, bias, padding_mode)
+        parametrize.register_parametrization(self, "weight", ReshapedKernel(kernel_size, "ossn"))
+
+
+def svcm_project(kernel: torch.Tensor, input_size: int | Sequence[int], max_sv: float = 1.0) -> torch.Tensor:
+    """Singular value clipping and masking (Sedghi, Gupta and Long, 2019).
+
+    Clip every singular value of the circular-convolution operator on ``input_size`` to
+    ``max_sv`` (exact, in the Fourier domain), then mask the result back to the k x k support.
+    The masking step can push singular values above ``max_sv`` again, which is why the layer's
+    bound is always measured, never assumed.
+
+    Args:
+        kernel: (out, in, k, k).
+        input_size: n or (h, w) of the layer's input.
+        max_sv: the clipping level.
+
+    Returns:
+        (out, in, k, k) projected kernel.
+    """
+    h, w = _pair(input_size)
+    kh, kw = kernel.shape[-2:]
+    if kh > h or kw > w:
+        raise ValueError(f"kernel {kh}x{kw} is larger than the input size {h}x{w}")
+    transfer = torch.fft.fft2(kernel.double(), s=(h, w)).permute(2, 3, 0, 1)
+    u, s, vh = torch.linalg.svd(transfer, full_matrices=False)
+    clipped = (u * s.clamp_max(max_sv).to(u.dtype).unsqueeze(-2)) @ vh
+    spatial = torch.fft.ifft2(clipped.permute(2, 3, 0, 1)).real
+    return spatial[..., :kh, :kw].to(kernel.dtype)
+
+
+class SVCMConv2d(LipschitzConv2d):
+    """Convolution kept near 1-Lipschitz by periodic singular value clipping and masking.
+
+    The weight is a free parameter; call :meth:`project_` (the training loop does, every few
+    steps and at the end) to pull it back towards the set of 1-Lipschitz kernels.
+
+    Args:
+        input_size: the (h, w) or n of the inputs this layer will see (the projection is exact
+            for that size only).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        input_size: int | Sequence[int],
+        bias: bool = True,
+        padding_mode: str = "circular",
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, bias, padding_mode)
+        self.input_size = _pair(input_size)
+        self.project_()
+
+    @torch.no_grad()
+    def project_(self, rounds: int = 1) -> None:
+        """Clip and mask the kernel in place, ``rounds`` times."""
+        for _ in range(rounds):
+            self.weight.copy_(svcm_project(self.weight, self.input_size))

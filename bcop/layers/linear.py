@@ -1,0 +1,75 @@
+"""Dense layers that bound their own Lipschitz constant; the Björck-orthogonal one is GNP."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from bcop.layers.parametrization import CachedParametrization
+from bcop.orthogonal import ORTHO_METHODS, orthonormalize
+
+__all__ = ["LipschitzLinear", "BjorckLinear", "Orthonormal"]
+
+
+class LipschitzLinear(nn.Linear):
+    """``nn.Linear`` with input checking and an exact Lipschitz bound (its spectral norm)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, in_features) -> (N, out_features)."""
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(
+                f"{type(self).__name__} expects input of shape (N, {self.in_features}), got {tuple(x.shape)}"
+            )
+        return super().forward(x)
+
+    def lipschitz_bound(self, input_shape: Sequence[int] | None = None) -> float:
+        """Exact L2 Lipschitz constant: the largest singular value of the weight (float64)."""
+        return float(torch.linalg.matrix_norm(self.weight.detach().double(), ord=2))
+
+
+class Orthonormal(CachedParametrization):
+    """Parametrization ``weight = orthonormalize(raw)`` (Björck or the exact polar factor)."""
+
+    def __init__(self, method: str = "polar", iters: int = 20) -> None:
+        super().__init__()
+        if method not in ORTHO_METHODS:
+            raise ValueError(f"unknown orthonormalisation method {method!r}; known: {ORTHO_METHODS}")
+        self.method, self.iters = method, iters
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        """An orthonormal matrix is its own polar factor, so it is its own preimage."""
+        return weight
+
+    def compute(self, raw: torch.Tensor) -> torch.Tensor:
+        return orthonormalize(raw, self.method, self.iters)
+
+
+class BjorckLinear(LipschitzLinear):
+    """Dense layer with an orthonormal weight (rows or columns, whichever are fewer).
+
+    Gradient-norm preserving when ``out_features <= in_features`` and norm preserving when
+    ``out_features >= in_features`` (Anil, Lucas and Grosse, 2019).
+
+    Args:
+        in_features, out_features, bias: as ``nn.Linear``.
+        ortho_method: ``"polar"`` (exact, default) or ``"bjorck"``.
+        bjorck_iters: iterations when ``ortho_method="bjorck"``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        ortho_method: str = "polar",
+        bjorck_iters: int = 20,
+    ) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        with torch.no_grad():
+            nn.init.orthogonal_(self.weight)
+            if self.bias is not None:
+                self.bias.zero_()
+        parametrize.register_parametrization(self, "weight", Orthonormal(ortho_method, bjorck_iters))

@@ -1,0 +1,65 @@
+"""Base class for weight parametrizations whose result is reused while the weights do not change.
+
+Layers register these with :func:`torch.nn.utils.parametrize.register_parametrization`, so a
+constrained layer is still an ordinary ``nn.Conv2d`` / ``nn.Linear`` to every tool that inspects
+a model, and ``parametrize.cached()`` works as usual.
+
+On top of that, when no gradient with respect to the weights can be needed (``torch.no_grad()``,
+or parameters with ``requires_grad=False`` as in an attack), the constrained weight is cached
+across calls and recomputed only when a parameter changes: the cache key holds each
+parameter's storage pointer and in-place version counter, which every optimiser step,
+``load_state_dict`` and ``.to()`` bump. Inference and certification therefore build each
+orthogonal kernel once, and training is untouched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+
+class CachedParametrization(nn.Module):
+    """A parametrization ``weight = self.compute(*originals)`` with a cross-call cache."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._cache_key: tuple | None = None
+        self._cache_value: torch.Tensor | None = None
+
+    def compute(self, *originals: torch.Tensor) -> torch.Tensor:
+        """Map the unconstrained tensors to the constrained weight."""
+        raise NotImplementedError
+
+    def forward(self, *originals: torch.Tensor) -> torch.Tensor:
+        needs_graph = torch.is_grad_enabled() and any(o.requires_grad for o in originals)
+        if needs_graph:
+            return self.compute(*originals)
+        key = tuple((o.data_ptr(), o._version, o.dtype, o.device) for o in originals)
+        if key != self._cache_key or self._cache_value is None:
+            # inference_mode(False): a kernel built under inference mode must stay usable by a
+            # later attack that differentiates with respect to the input.
+            with torch.inference_mode(False), torch.no_grad():
+                self._cache_value = self.compute(*originals)
+            self._cache_key = key
+        return self._cache_value
+
+
+@contextlib.contextmanager
+def frozen_weights(model: nn.Module) -> Iterator[nn.Module]:
+    """Temporarily set ``requires_grad=False`` on every parameter of ``model``.
+
+    Inside, gradients can still be taken with respect to the *input* (attacks, gradient-norm
+    measurements), and the constrained weights come from the cache instead of being rebuilt
+    at every call. The previous flags are restored on exit.
+    """
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)

@@ -1,0 +1,241 @@
+"""The paper's networks (Small, Large, FC) for MNIST and CIFAR-10, and one registry of names.
+
+A model name is ``"{conv}-{arch}-{dataset}"``, optionally followed by ``-{activation}`` when
+the activation is not the default: ``bcop-large-mnist``, ``rko-small-cifar10``,
+``plain-large-mnist``, ``bjorck-fc-mnist``, ``bcop-large-mnist-relu``. The same strings name
+the checkpoints in ``checkpoints/``, the Hub repos and the app's choices.
+
+Strided convolutions are replaced, as in the paper, by invertible downsampling followed by a
+stride-1 convolution: "conv c k4 s2" is ``InvertibleDownsample(2)`` then a k=2 convolution.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+from collections import OrderedDict
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from bcop.layers import (
+    BCOPConv2d,
+    BjorckLinear,
+    InvertibleDownsample,
+    LipschitzConv2d,
+    LipschitzLinear,
+    MaxMin,
+    OSSNConv2d,
+    PlainConv2d,
+    RKOConv2d,
+    SVCMConv2d,
+)
+
+__all__ = [
+    "ARCHS",
+    "CONVS",
+    "ACTIVATIONS",
+    "DATASETS",
+    "INPUT_SHAPES",
+    "ModelConfig",
+    "LipschitzNet",
+    "MODEL_NAMES",
+    "parse_model_name",
+    "build_model",
+    "create_model",
+]
+
+ARCHS = ("small", "large", "fc")
+CONVS = ("bcop", "rko", "ossn", "svcm", "plain")
+FC_LAYERS = ("bjorck", "plain")
+ACTIVATIONS = ("maxmin", "relu")
+DATASETS = ("mnist", "cifar10")
+INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
+NUM_CLASSES = 10
+
+# (out_channels, kernel_size, stride) of each convolution, as written in the paper.
+CONV_SPECS = {
+    "small": [(16, 4, 2), (32, 4, 2)],
+    "large": [(32, 3, 1), (32, 4, 2), (64, 3, 1), (64, 4, 2)],
+}
+DENSE_SPECS = {"small": [100], "large": [512, 512], "fc": [1024, 1024, 1024]}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Everything needed to rebuild a network (stored as ``config.json`` with its weights).
+
+    Attributes:
+        arch: ``"small"``, ``"large"`` or ``"fc"``.
+        conv: convolution type (``bcop``, ``rko``, ``ossn``, ``svcm``, ``plain``); for ``fc``
+            the dense type (``bjorck`` or ``plain``).
+        dataset: ``"mnist"`` or ``"cifar10"`` (fixes the input shape).
+        activation: ``"maxmin"`` or ``"relu"``; default maxmin, relu for plain networks.
+        ortho_method: ``"polar"`` or ``"bjorck"`` for every orthonormalised weight.
+        bjorck_iters: iterations when ``ortho_method="bjorck"``.
+    """
+
+    arch: str
+    conv: str
+    dataset: str
+    activation: str = ""
+    ortho_method: str = "polar"
+    bjorck_iters: int = 20
+
+    def __post_init__(self) -> None:
+        if self.activation == "":
+            object.__setattr__(self, "activation", default_activation(self.conv))
+        problems = []
+        if self.arch not in ARCHS:
+            problems.append(f"arch {self.arch!r} not in {ARCHS}")
+        allowed = FC_LAYERS if self.arch == "fc" else CONVS
+        if self.conv not in allowed:
+            problems.append(f"conv {self.conv!r} not in {allowed} for arch {self.arch!r}")
+        if self.dataset not in DATASETS:
+            problems.append(f"dataset {self.dataset!r} not in {DATASETS}")
+        if self.activation not in ACTIVATIONS:
+            problems.append(f"activation {self.activation!r} not in {ACTIVATIONS}")
+        if problems:
+            raise ValueError("invalid model config: " + "; ".join(problems))
+
+    @property
+    def name(self) -> str:
+        """The registry name, e.g. ``bcop-large-mnist``."""
+        base = f"{self.conv}-{self.arch}-{self.dataset}"
+        if self.activation != default_activation(self.conv):
+            base += f"-{self.activation}"
+        return base
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        return INPUT_SHAPES[self.dataset]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Build from a dict, ignoring keys that are not config fields (e.g. Hub metadata)."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def default_activation(conv: str) -> str:
+    """MaxMin for constrained networks, ReLU for unconstrained ones."""
+    return "relu" if conv == "plain" else "maxmin"
+
+
+def _registry() -> list[str]:
+    names = []
+    for dataset, arch in itertools.product(DATASETS, ARCHS):
+        for conv in FC_LAYERS if arch == "fc" else CONVS:
+            for act in ACTIVATIONS:
+                names.append(ModelConfig(arch, conv, dataset, act).name)
+    return names
+
+
+MODEL_NAMES: tuple[str, ...] = tuple(_registry())
+
+
+def parse_model_name(name: str) -> ModelConfig:
+    """``"bcop-large-mnist"`` -> ``ModelConfig``; unknown names raise a ValueError listing all."""
+    parts = name.split("-") if isinstance(name, str) else []
+    if name not in MODEL_NAMES or len(parts) not in (3, 4):
+        raise ValueError(f"unknown model name {name!r}; known names: {', '.join(MODEL_NAMES)}")
+    conv, arch, dataset = parts[:3]
+    activation = parts[3] if len(parts) == 4 else default_activation(conv)
+    return ModelConfig(arch=arch, conv=conv, dataset=dataset, activation=activation)
+
+
+def _conv(config: ModelConfig, cin: int, cout: int, k: int, size: int) -> LipschitzConv2d:
+    ortho = {"ortho_method": config.ortho_method, "bjorck_iters": config.bjorck_iters}
+    if config.conv == "bcop":
+        return BCOPConv2d(cin, cout, k, **ortho)
+    if config.conv == "rko":
+        return RKOConv2d(cin, cout, k, **ortho)
+    if config.conv == "ossn":
+        return OSSNConv2d(cin, cout, k)
+    if config.conv == "svcm":
+        return SVCMConv2d(cin, cout, k, input_size=size)
+    return PlainConv2d(cin, cout, k)
+
+
+def _dense(config: ModelConfig, fin: int, fout: int) -> LipschitzLinear:
+    if config.conv == "plain":
+        return LipschitzLinear(fin, fout)
+    return BjorckLinear(fin, fout, ortho_method=config.ortho_method, bjorck_iters=config.bjorck_iters)
+
+
+def _activation(config: ModelConfig) -> nn.Module:
+    return MaxMin() if config.activation == "maxmin" else nn.ReLU()
+
+
+class LipschitzNet(nn.Sequential):
+    """A feed-forward network whose every layer can bound its own Lipschitz constant.
+
+    Layers are named ``conv1``, ``act1``, ``down2``, ..., ``dense1``, ..., ``logits`` so that
+    per-layer measurements read naturally.
+
+    Attributes:
+        config: the :class:`ModelConfig` it was built from.
+        input_shape: (C, H, W) of one input, values in [0, 1].
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(OrderedDict(self._layers(config)))
+        self.config = config
+        self.input_shape = config.input_shape
+
+    @staticmethod
+    def _layers(config: ModelConfig) -> Iterator[tuple[str, nn.Module]]:
+        channels, size, _ = config.input_shape
+        for i, (cout, k, stride) in enumerate(CONV_SPECS.get(config.arch, []), start=1):
+            if stride == 2:
+                yield f"down{i}", InvertibleDownsample(2)
+                channels, size, k = channels * 4, size // 2, k // 2
+            yield f"conv{i}", _conv(config, channels, cout, k, size)
+            yield f"act{i}", _activation(config)
+            channels = cout
+        yield "flatten", nn.Flatten()
+        features = channels * size * size
+        for j, width in enumerate(DENSE_SPECS[config.arch], start=1):
+            yield f"dense{j}", _dense(config, features, width)
+            yield f"dense_act{j}", _activation(config)
+            features = width
+        yield "logits", _dense(config, features, NUM_CLASSES)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, C, H, W) in [0, 1] -> logits (N, 10)."""
+        if x.dim() != 4 or tuple(x.shape[1:]) != tuple(self.input_shape):
+            raise ValueError(
+                f"{self.config.name} expects input of shape (N, {', '.join(map(str, self.input_shape))}), "
+                f"got {tuple(x.shape)}"
+            )
+        return super().forward(x)
+
+    @torch.no_grad()
+    def project_(self, rounds: int = 1) -> None:
+        """Apply every layer's projection step (SVCM clipping); a no-op for other networks."""
+        for module in self.modules():
+            if isinstance(module, SVCMConv2d):
+                module.project_(rounds)
+
+
+def build_model(config: ModelConfig | dict[str, Any]) -> LipschitzNet:
+    """Build a freshly initialised network from a config (or its dict form)."""
+    if isinstance(config, dict):
+        config = ModelConfig.from_dict(config)
+    return LipschitzNet(config)
+
+
+def create_model(name: str, **overrides: Any) -> LipschitzNet:
+    """Create a freshly initialised network by registry name.
+
+    Args:
+        name: e.g. ``"bcop-large-mnist"`` (see ``MODEL_NAMES``).
+        **overrides: config fields to change, e.g. ``ortho_method="bjorck"``.
+    """
+    config = dataclasses.replace(parse_model_name(name), **overrides)
+    return LipschitzNet(config)
