@@ -12,13 +12,19 @@ A model folder (a local ``checkpoints/NAME/`` or a Hub model repo) holds:
 registry name (``"bcop-large-mnist"``). A registry name is looked up on the Hub under the
 namespace in ``$BCOP_HUB_REPO`` (or the ``hub_namespace`` argument) when one is configured,
 and in the embedded ``checkpoints/`` folder otherwise, or when the Hub cannot be reached (with
-one warning per name saying so).
+one warning per repo saying so; later loads of that repo in the same process go straight to the
+embedded copy, so an offline app does not wait for the Hub client's retries again).
+
+``huggingface_hub`` checks a download's size but not its content; :func:`load_model` also checks
+the weights' sha256 against the Hub's LFS etag and deletes a mismatching cached copy.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +38,7 @@ __all__ = [
     "CONFIG_FILE",
     "WEIGHTS_FILE",
     "CARD_FILE",
+    "CorruptDownloadError",
     "LoadedModel",
     "checkpoints_dir",
     "local_checkpoints",
@@ -45,7 +52,12 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 LIBRARY_NAME = "bcop"
-_warned: set[str] = set()
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_fell_back: set[str] = set()  # Hub repos that failed this session and have a local copy
+
+
+class CorruptDownloadError(ValueError):
+    """A downloaded file's content does not match the checksum the Hub announced for it."""
 
 
 @dataclass
@@ -135,24 +147,41 @@ def load_folder(folder: str | Path) -> tuple[LipschitzNet, str]:
     return model.eval(), card_path.read_text() if card_path.is_file() else ""
 
 
+def _verify_lfs_file(pointer: Path, repo_id: str) -> None:
+    """Compare a cached LFS file with its sha256, the etag that names its blob in the Hub cache.
+
+    A mismatch (a download damaged in transit: the Hub client only checks its size) deletes the
+    cached blob and snapshot link, so that the next load downloads the file again.
+
+    Raises:
+        CorruptDownloadError: the content does not match.
+    """
+    blob = pointer.resolve()
+    if not _SHA256.fullmatch(blob.name):  # not an LFS blob, or a cache without symlinks
+        return
+    with blob.open("rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    if digest != blob.name:
+        pointer.unlink(missing_ok=True)
+        blob.unlink(missing_ok=True)
+        raise CorruptDownloadError(
+            f"{pointer.name} downloaded from {repo_id} is corrupt: its sha256 is {digest}, the Hub "
+            f"announced {blob.name}; the damaged copy was deleted from the cache, load it again"
+        )
+
+
 def _download(repo_id: str, revision: str | None) -> Path:
     """Download a model repo's files into the Hub cache; returns the snapshot folder."""
     from huggingface_hub import hf_hub_download
 
-    path = None
-    for filename in (CONFIG_FILE, WEIGHTS_FILE):
-        path = hf_hub_download(repo_id, filename, revision=revision)
+    hf_hub_download(repo_id, CONFIG_FILE, revision=revision)
+    weights = Path(hf_hub_download(repo_id, WEIGHTS_FILE, revision=revision))
+    _verify_lfs_file(weights, repo_id)
     try:
         hf_hub_download(repo_id, CARD_FILE, revision=revision)
     except Exception:  # a missing model card does not stop the model from loading
         pass
-    return Path(path).parent
-
-
-def _warn_once(key: str, message: str) -> None:
-    if key not in _warned:
-        _warned.add(key)
-        warnings.warn(message, stacklevel=3)
+    return weights.parent
 
 
 def load_model(
@@ -171,6 +200,7 @@ def load_model(
 
     Raises:
         ValueError: unknown name, or corrupt files.
+        FileNotFoundError: a path (not of the form ``owner/name``) that is not a folder.
         RuntimeError: the Hub repo could not be downloaded and there is no local copy; the
             message names the repo and the cause.
     """
@@ -179,6 +209,8 @@ def load_model(
         model, card = load_folder(target)
         return LoadedModel(model, "local", Path(target), None, card)
 
+    if isinstance(name_or_repo_or_path, Path) or target.startswith((".", "/", "~")) or target.count("/") > 1:
+        raise FileNotFoundError(f"no model folder at {target}")
     namespace = hub_namespace if hub_namespace is not None else os.environ.get("BCOP_HUB_REPO")
     if "/" in target:
         repo_id, name = target, target.rsplit("/", 1)[-1]
@@ -191,25 +223,33 @@ def load_model(
         )
 
     local = checkpoints_dir() / name
-    if repo_id is not None:
+    available = ", ".join(local_checkpoints()) or "none"
+    if repo_id is not None and not (repo_id in _fell_back and (local / CONFIG_FILE).is_file()):
         try:
             folder = _download(repo_id, revision)
+        except CorruptDownloadError:
+            raise
         except Exception as err:  # network, HTTP, missing repo: decide below
             cause = f"{type(err).__name__}: {err}"
-            if (local / CONFIG_FILE).is_file():
-                _warn_once(
-                    repo_id,
-                    f"could not download {repo_id} from the Hub ({cause}); "
-                    f"using the embedded copy in {local}",
-                )
-            else:
-                raise RuntimeError(f"could not download the model {repo_id} from the Hub: {cause}") from err
+            if not (local / CONFIG_FILE).is_file():
+                raise RuntimeError(
+                    f"could not download the model {repo_id} from the Hub ({cause}), and there is no "
+                    f"local copy in {checkpoints_dir()} (available: {available})"
+                ) from err
+            _fell_back.add(repo_id)
+            warnings.warn(
+                f"could not download {repo_id} from the Hub ({cause}); using the embedded copy in "
+                f"{local} (and will for the rest of this session)",
+                stacklevel=2,
+            )
         else:
-            model, card = load_folder(folder)
+            try:
+                model, card = load_folder(folder)
+            except ValueError as err:
+                raise ValueError(f"the model downloaded from {repo_id} does not load: {err}") from err
             return LoadedModel(model, "hub", folder, repo_id, card)
 
     if not (local / CONFIG_FILE).is_file():
-        available = ", ".join(local_checkpoints()) or "none"
         raise ValueError(
             f"no pretrained weights for {name!r} in {checkpoints_dir()} (available: {available}); "
             "train one with `python -m bcop.train NAME` or pass a Hub repo id"

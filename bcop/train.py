@@ -38,7 +38,7 @@ from tqdm import tqdm
 from bcop.certify import certified_accuracy
 from bcop.data import load_dataset, make_loader
 from bcop.hub import load_folder, save_model
-from bcop.models import LipschitzNet, create_model
+from bcop.models import LipschitzNet, create_model, parse_model_name
 
 __all__ = ["TrainConfig", "multiclass_hinge", "make_loss", "train_step", "train", "main"]
 
@@ -201,11 +201,17 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     start_epoch, best_score, cpu_used, wall_used = 0, -1.0, 0.0, 0.0
     if (out / "state" / "state.json").is_file():
+        previous = json.loads((out / "state" / "state.json").read_text())["config"]["model"]
+        if previous != cfg.model:
+            raise ValueError(f"{out / 'state'} holds a run of {previous}, not {cfg.model}: use another --out")
         meta = _load_state(out / "state", model, optimizer)
         start_epoch, best_score = meta["epoch"] + 1, meta["best_score"]
         cpu_used, wall_used, history = meta["cpu_seconds"], meta["wall_seconds"], meta["history"]
         if rank == 0:
-            print(f"resuming {cfg.model} from epoch {start_epoch} ({out / 'state'})")
+            print(
+                f"resuming {cfg.model} at epoch {start_epoch + 1}/{cfg.epochs} from {out / 'state'}",
+                flush=True,
+            )
     train_model: nn.Module = model
     if world > 1:
         train_model = nn.parallel.DistributedDataParallel(
@@ -311,6 +317,10 @@ def _parse(argv: list[str] | None) -> TrainConfig:
         parser.add_argument(f"--{field.name.replace('_', '-')}", type=kind, default=default)
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     args = vars(parser.parse_args(argv))
+    try:
+        parse_model_name(args["model"])  # fail fast on an unknown name, before any data is loaded
+    except ValueError as err:
+        parser.error(str(err))
     threads = args.pop("threads")
     if threads:
         torch.set_num_threads(threads)
@@ -319,9 +329,7 @@ def _parse(argv: list[str] | None) -> TrainConfig:
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
-    cfg = _parse(argv)
-    create_model(cfg.model)  # fail fast on an unknown name, before any data is loaded
-    train(cfg)
+    train(_parse(argv))
 
 
 if __name__ == "__main__":

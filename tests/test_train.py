@@ -1,0 +1,222 @@
+"""Tests for bcop.train: the command line, resuming, DDP under torchrun, SVCM projection and the
+hinge loss.
+
+Everything runs on a small generated MNIST cache (``mnist.npz`` in a temporary ``$BCOP_DATA``),
+never on the real data set, with one CPU thread per process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from bcop import train as train_module
+from bcop.certify import layer_lipschitz_bounds
+from bcop.data import MNIST_CACHE_NAME, load_dataset
+from bcop.hub import load_folder
+from bcop.layers import SVCMConv2d
+from bcop.models import create_model
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "bcop-small-mnist"
+SIZES = {"train": 300, "val": 100, "test": 50}
+COMMON = ["--limit-train", "256", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fake MNIST cache in bcop.data's format: ``x_{split}`` (n, 28, 28) uint8 and
+    ``y_{split}`` (n,) int64; each class is a bright bar at its own height, so it is learnable."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in SIZES.items():
+        labels = rng.integers(0, 10, size=n)
+        images = rng.integers(0, 60, size=(n, 28, 28), dtype=np.uint8)
+        for image, label in zip(images, labels, strict=True):
+            image[2 * label + 2 : 2 * label + 6, 4:24] = 255
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = images, labels.astype(np.int64)
+    root = tmp_path_factory.mktemp("bcop-data")
+    np.savez(root / MNIST_CACHE_NAME, **arrays)
+    return root
+
+
+def _env(data_root: Path) -> dict[str, str]:
+    env = {**os.environ, "BCOP_DATA": str(data_root), "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _train_cli(data_root: Path, out: Path, *args: str, launcher: tuple[str, ...] = ()) -> str:
+    """Run ``python -m bcop.train MODEL --out OUT ...`` (or under ``launcher``); returns stdout."""
+    command = [*(launcher or (sys.executable,)), "-m", "bcop.train", MODEL, "--out", str(out), *COMMON, *args]
+    result = subprocess.run(
+        command, env=_env(data_root), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def _history(out: Path) -> list[dict]:
+    return json.loads((out / "metrics.json").read_text())["history"]
+
+
+@pytest.fixture(scope="module")
+def two_epochs(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The output folder of an uninterrupted 2-epoch run."""
+    out = tmp_path_factory.mktemp("runs") / "two-epochs"
+    _train_cli(data_root, out, "--epochs", "2")
+    return out
+
+
+def test_fake_cache_is_read_by_bcop_data(data_root: Path) -> None:
+    for split, n in SIZES.items():
+        x, y = load_dataset("mnist", split, data_root).tensors
+        assert x.shape == (n, 1, 28, 28) and x.dtype == torch.float32 and y.dtype == torch.int64
+        assert float(x.min()) >= 0.0 and float(x.max()) == 1.0
+
+
+def test_cli_writes_state_metrics_and_a_loadable_best_model(two_epochs: Path) -> None:
+    assert {p.name for p in (two_epochs / "state").iterdir()} == {"state.json", "state.safetensors"}
+    history = _history(two_epochs)
+    assert [record["epoch"] for record in history] == [1, 2]
+    assert all(math.isfinite(record["train_loss"]) for record in history)
+    assert all(abs(record["lipschitz"] - 1.0) < 1e-3 for record in history)  # BCOP is 1-Lipschitz
+    assert json.loads((two_epochs / "metrics.json").read_text())["config"]["limit_train"] == 256
+
+    model, _ = load_folder(two_epochs / "best")
+    assert model.config.name == MODEL
+    best_epoch = max(r["epoch"] for r in history if r.get("best"))
+    if best_epoch == 2:  # the best model is the final one: same weights as the state
+        state = load_file(str(two_epochs / "state" / "state.safetensors"))
+        for key, value in model.state_dict().items():
+            assert torch.equal(value, state[f"model.{key}"]), key
+
+
+def test_resumed_run_continues_and_matches_an_uninterrupted_run(
+    data_root: Path, two_epochs: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "resumed"
+    first = _train_cli(data_root, out, "--epochs", "1")
+    assert "resuming" not in first and "epoch 1/1" in first
+    second = _train_cli(data_root, out, "--epochs", "2")
+    assert f"resuming {MODEL} at epoch 2/2" in second
+    assert "epoch 1/2" not in second and "epoch 2/2" in second
+    assert [record["epoch"] for record in _history(out)] == [1, 2]
+
+    resumed = load_file(str(out / "state" / "state.safetensors"))
+    straight = load_file(str(two_epochs / "state" / "state.safetensors"))
+    assert resumed.keys() == straight.keys()
+    assert any(key.startswith("optim.") for key in resumed)
+    for key in resumed:  # weights, Adam moments and RNG state: bitwise equal
+        assert torch.equal(resumed[key], straight[key]), key
+    for a, b in zip(_history(out), _history(two_epochs), strict=True):
+        assert a["train_loss"] == b["train_loss"] and a["val_certified"] == b["val_certified"]
+
+
+def test_resuming_into_another_models_run_fails_clearly(
+    data_root: Path, two_epochs: Path, tmp_path: Path
+) -> None:
+    out = shutil.copytree(two_epochs, tmp_path / "run")
+    cfg = train_module.TrainConfig("plain-small-mnist", epochs=3, out=str(out), data_root=str(data_root))
+    with pytest.raises(ValueError, match=f"holds a run of {MODEL}, not plain-small-mnist"):
+        train_module.train(cfg, show_progress=False)
+
+
+def test_ddp_under_torchrun_with_gloo_on_cpu_writes_the_outputs(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ddp"
+    torchrun = (str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2")
+    stdout = _train_cli(data_root, out, "--epochs", "1", launcher=torchrun)
+    assert stdout.count("epoch 1/1 loss") == 1  # only rank 0 reports
+    assert [record["epoch"] for record in _history(out)] == [1]
+    assert (out / "state" / "state.safetensors").is_file()
+    model, _ = load_folder(out / "best")
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_svcm_training_projects_the_kernels_every_step_and_each_epoch(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[SVCMConv2d] = []
+    project = SVCMConv2d.project_
+
+    def counting_project(self: SVCMConv2d, rounds: int = 1) -> None:
+        calls.append(self)
+        project(self, rounds)
+
+    monkeypatch.setattr(SVCMConv2d, "project_", counting_project)
+    cfg = train_module.TrainConfig(
+        "svcm-small-mnist",
+        epochs=1,
+        lr=0.01,
+        svcm_every=1,
+        limit_train=256,
+        out=str(tmp_path),
+        data_root=str(data_root),
+    )
+    record = train_module.train(cfg, show_progress=False)
+    # 2 conv layers: 2 at construction, then per layer 2 steps (svcm_every=1) + 1 at the epoch's end
+    assert len(calls) == 2 + 2 * 3
+    # masking after clipping can push the norm a little above 1, never far (without projection,
+    # this learning rate takes the network's bound far above 2)
+    assert 1.0 <= record["lipschitz"] < 1.25
+    model, _ = load_folder(tmp_path / "best")
+    conv_bounds = [bound for name, bound in layer_lipschitz_bounds(model) if name.startswith("conv")]
+    assert len(conv_bounds) == 2 and max(conv_bounds) < 1.25
+
+
+def test_multiclass_hinge_matches_the_written_out_formula() -> None:
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 10, generator=generator, dtype=torch.float64) * 2
+    labels = torch.randint(0, 10, (6,), generator=generator)
+    margin = 1.5 * math.sqrt(2)
+    expected = 0.0
+    for row, label in zip(logits.tolist(), labels.tolist(), strict=True):
+        expected += sum(max(0.0, margin - (row[label] - row[j])) for j in range(10) if j != label) / 10
+    expected /= len(labels)
+    assert abs(float(train_module.multiclass_hinge(logits, labels, margin)) - expected) < 1e-12
+    assert abs(float(train_module.make_loss("hinge", 1.5)(logits, labels)) - expected) < 1e-12
+    # zero loss exactly when every gap is at least the margin
+    separated = torch.nn.functional.one_hot(labels, 10).double() * (margin + 1e-6)
+    assert float(train_module.multiclass_hinge(separated, labels, margin)) == 0.0
+
+
+def test_loss_is_chosen_by_model_kind() -> None:
+    assert train_module.TrainConfig("plain-small-mnist").resolved_loss() == "ce"
+    assert train_module.TrainConfig(MODEL).resolved_loss() == "hinge"
+    with pytest.raises(ValueError, match="unknown loss 'mse'"):
+        train_module.TrainConfig(MODEL, loss="mse").resolved_loss()
+
+
+def test_unknown_model_name_fails_before_loading_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BCOP_DATA", str(tmp_path / "data"))
+    with pytest.raises(SystemExit) as info:
+        train_module.main(["resnet-50", "--out", str(tmp_path / "out")])
+    assert info.value.code == 2
+    message = capsys.readouterr().err
+    assert "unknown model name 'resnet-50'" in message
+    assert all(name in message for name in ("bcop-large-mnist", "svcm-small-mnist", "plain-fc-mnist"))
+    assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch() -> None:
+    torch.manual_seed(0)
+    model = create_model("plain-small-mnist")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 10
+    loss_fn = train_module.make_loss("ce")
+    first, _ = train_module.train_step(model, optimizer, x, y, loss_fn)
+    for _ in range(5):
+        last, accuracy = train_module.train_step(model, optimizer, x, y, loss_fn)
+    assert last < first and 0.0 <= accuracy <= 1.0
