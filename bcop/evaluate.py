@@ -30,6 +30,7 @@ from bcop.certify import certified_accuracy, certified_radius, lipschitz_bound
 from bcop.data import load_dataset, make_loader
 from bcop.hub import load_model, save_model
 from bcop.models import LipschitzNet
+from bcop.train import TrainConfig
 
 __all__ = ["PAPER_RESULTS", "evaluate", "results_table", "model_card", "main"]
 
@@ -125,6 +126,10 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
+def _paper(paper: dict[str, float], key: str) -> str:
+    return f"{paper[key]:.2f}" if key in paper else "–"
+
+
 def results_table(results: list[dict[str, Any]]) -> str:
     """Markdown table: ours (clean / certified / PGD at eps) beside the paper's."""
     lines = [
@@ -137,10 +142,18 @@ def results_table(results: list[dict[str, Any]]) -> str:
         paper = r.get("paper") or {}
         lines.append(
             f"| {r['model']} | {_pct(r['clean'])} | {_pct(r['certified'][key])} | {_pct(r['pgd'][key])} "
-            f"(n={r['pgd_n']}) | {_pct(r['fgm'][key])} | {r['lipschitz']:.4g} | "
-            f"{paper.get('clean', '–')} | {paper.get('certified', '–')} | {paper.get('pgd', '–')} |"
+            f"(n={r['pgd_n']}) | {_pct(r['fgm'][key])} | {r['lipschitz']:.5f} | "
+            f"{_paper(paper, 'clean')} | {_paper(paper, 'certified')} | {_paper(paper, 'pgd')} |"
         )
     return "\n".join(lines) + "\n"
+
+
+def _loss_description(cfg: TrainConfig) -> str:
+    if cfg.resolved_loss() == "ce":
+        return "cross-entropy"
+    return (
+        f"multi-class hinge, margin {cfg.hinge_eps} * sqrt(2) (certifies eps = {cfg.hinge_eps} at zero loss)"
+    )
 
 
 def _training_summary(run: Path | None) -> dict[str, Any] | None:
@@ -158,9 +171,7 @@ def _training_summary(run: Path | None) -> dict[str, Any] | None:
         "best_epoch": best["epoch"],
         "cpu_hours": history[-1]["cpu_seconds"] / 3600,
         "wall_hours": history[-1]["wall_seconds"] / 3600,
-        "loss": "cross-entropy"
-        if cfg["model"].startswith("plain-") and cfg["loss"] == "auto"
-        else cfg["loss"],
+        "loss": _loss_description(TrainConfig(**cfg)),
         "config": cfg,
     }
 
@@ -233,7 +244,7 @@ def model_card(results: dict[str, Any], training: dict[str, Any] | None) -> str:
             f"Loss: {training['loss']}; {training['epochs']} epochs, best epoch on the validation split "
             f"(MNIST train 50k / val 10k): {training['best_epoch']}. "
             f"Time on a 2-core CPU machine: {training['cpu_hours']:.2f} CPU-hours "
-            f"({training['wall_hours']:.2f} h wall, 1 thread).",
+            f"({training['wall_hours']:.2f} h wall clock, one thread, sharing the machine with other jobs).",
             "",
         ]
     if results.get("paper") is None:
