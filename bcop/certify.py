@@ -34,9 +34,15 @@ ONE_LIPSCHITZ = (nn.ReLU, nn.Flatten, nn.Identity)
 def layer_input_shapes(
     model: nn.Sequential, input_shape: Sequence[int]
 ) -> list[tuple[str, nn.Module, tuple[int, ...]]]:
-    """Name, module and per-example input shape of each top-level layer, in order."""
+    """Name, module and per-example input shape of each top-level layer, in order.
+
+    The probe input takes the dtype and device of the model's parameters, so a float64 or GPU
+    model can be bounded as it is.
+    """
     shapes = []
-    x = torch.zeros(1, *input_shape)
+    param = next(model.parameters(), None)
+    like = {} if param is None else {"dtype": param.dtype, "device": param.device}
+    x = torch.zeros(1, *input_shape, **like)
     with torch.no_grad():
         for name, module in model.named_children():
             shapes.append((name, module, tuple(x.shape[1:])))
@@ -51,13 +57,22 @@ def layer_lipschitz_bounds(
 
     Args:
         model: a sequential network whose layers have ``lipschitz_bound(input_shape)`` or are
-            known 1-Lipschitz torch modules.
+            known 1-Lipschitz torch modules. Any other module must bound itself with its own
+            ``lipschitz_bound`` method (reported as the single layer ``"model"``): its children
+            need not be applied one after another, so chaining their bounds would not be sound.
         input_shape: (C, H, W); defaults to ``model.input_shape``.
 
     Raises:
         ValueError: a layer can not bound itself (so no certificate can be given).
     """
     shape = input_shape if input_shape is not None else model.input_shape
+    if not isinstance(model, nn.Sequential):
+        if hasattr(model, "lipschitz_bound"):
+            return [("model", float(model.lipschitz_bound(shape)))]
+        raise ValueError(
+            f"{type(model).__name__} is not an nn.Sequential and has no lipschitz_bound method, so "
+            "its Lipschitz constant cannot be bounded layer by layer; pass lipschitz=... explicitly"
+        )
     bounds = []
     for name, module, in_shape in layer_input_shapes(model, shape):
         if hasattr(module, "lipschitz_bound"):

@@ -1,0 +1,218 @@
+"""Tests for bcop.attacks: PGD and FGM stay in the box and the ball, report honestly, reject bad
+input; the minimal-distance search respects certificates and breaks an easy model.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from bcop.attacks import fgm_l2, minimal_adversarial_distance, pgd_l2
+from bcop.certify import certify
+from bcop.models import create_model
+
+EPS_TOL = 1e-5
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids oversubscribing the 2 cores (10x faster when
+    other processes are busy); the previous setting is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def plain_model() -> nn.Module:
+    torch.manual_seed(0)
+    return create_model("plain-small-mnist").eval()
+
+
+def _box_input(n: int = 6, seed: int = 0) -> torch.Tensor:
+    """Random images in [0, 1] with many pixels exactly at 0 or 1, where clipping matters."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand(n, 1, 28, 28, generator=gen)
+    return torch.where(x < 0.3, torch.zeros_like(x), torch.where(x > 0.7, torch.ones_like(x), x))
+
+
+def _labels(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).argmax(dim=1)
+
+
+def _linear_model(scale: float, seed: int = 0) -> nn.Sequential:
+    """Flatten -> Linear(784, 10): easily broken when its rows differ a lot (large scale)."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 10))
+    with torch.no_grad():
+        model[1].weight.mul_(scale)
+    return model.double()
+
+
+# --- box and ball -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("random_start", [True, False])
+@pytest.mark.parametrize("eps", [0.5, 3.0, "per-example"])
+def test_pgd_stays_in_the_unit_box_and_the_eps_ball(plain_model, eps, random_start: bool) -> None:
+    """x_adv in [0, 1] exactly and ||x_adv - x|| <= eps + 1e-5; the reported norm is the real
+    one (1e-5)."""
+    x = _box_input()
+    y = _labels(plain_model, x)
+    eps_t = torch.linspace(0.1, 4.0, 6) if eps == "per-example" else torch.full((6,), float(eps))
+    eps_arg = eps_t if eps == "per-example" else float(eps)
+    result = pgd_l2(plain_model, x, y, eps_arg, steps=20, step_size=0.2, random_start=random_start)
+    assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+    norms = (result.x_adv - x).flatten(1).norm(dim=1)
+    assert (norms <= eps_t + EPS_TOL).all()
+    torch.testing.assert_close(result.norm, norms, rtol=0, atol=EPS_TOL)
+
+
+@pytest.mark.parametrize("eps", [0.5, 3.0, 100.0])
+def test_fgm_stays_in_the_unit_box_and_the_eps_ball(plain_model, eps: float) -> None:
+    x = _box_input()
+    y = _labels(plain_model, x)
+    result = fgm_l2(plain_model, x, y, eps)
+    assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
+    assert (result.norm <= eps + EPS_TOL).all()
+    torch.testing.assert_close(result.norm, (result.x_adv - x).flatten(1).norm(dim=1), rtol=0, atol=EPS_TOL)
+
+
+@pytest.mark.parametrize("attack", ["pgd", "fgm"])
+def test_attack_reports_the_models_prediction_on_the_returned_input(plain_model, attack: str) -> None:
+    x = _box_input()
+    y = _labels(plain_model, x)
+    if attack == "pgd":
+        result = pgd_l2(plain_model, x, y, 2.0, steps=10, step_size=0.5, loss="ce")
+    else:
+        result = fgm_l2(plain_model, x, y, 2.0, loss="ce")
+    pred = _labels(plain_model, result.x_adv)
+    assert torch.equal(result.prediction, pred)
+    assert torch.equal(result.success, pred != y)
+
+
+def test_zero_epsilon_returns_the_clean_input(plain_model) -> None:
+    x = _box_input()
+    y = _labels(plain_model, x)
+    result = pgd_l2(plain_model, x, y, 0.0, steps=5)
+    assert torch.equal(result.x_adv, x) and not result.success.any()
+    assert torch.equal(fgm_l2(plain_model, x, y, 0.0).x_adv, x)
+
+
+def test_pgd_is_reproducible_with_a_seed_and_reports_progress(plain_model) -> None:
+    x = _box_input()
+    y = _labels(plain_model, x)
+    seen: list[float] = []
+    a = pgd_l2(plain_model, x, y, 1.0, steps=8, step_size=0.3, seed=5, progress=seen.append)
+    b = pgd_l2(plain_model, x, y, 1.0, steps=8, step_size=0.3, seed=5)
+    assert torch.equal(a.x_adv, b.x_adv)
+    assert seen == sorted(seen) and seen[-1] == pytest.approx(1.0)
+
+
+def test_attacks_leave_the_weights_untouched(plain_model) -> None:
+    """requires_grad flags are restored and no parameter gradient is accumulated."""
+    flags = [p.requires_grad for p in plain_model.parameters()]
+    x = _box_input()
+    pgd_l2(plain_model, x, _labels(plain_model, x), 1.0, steps=3)
+    fgm_l2(plain_model, x, _labels(plain_model, x), 1.0)
+    assert [p.requires_grad for p in plain_model.parameters()] == flags
+    assert all(p.grad is None for p in plain_model.parameters())
+
+
+# --- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("eps", [-0.1, float("nan"), float("inf"), torch.tensor([0.1, -1.0])], ids=str)
+@pytest.mark.parametrize("attack", ["pgd", "fgm", "minimal"])
+def test_attacks_reject_bad_epsilon(plain_model, attack: str, eps) -> None:
+    x = _box_input(2)
+    y = torch.zeros(2, dtype=torch.long)
+    call = {
+        "pgd": lambda: pgd_l2(plain_model, x, y, eps, steps=1),
+        "fgm": lambda: fgm_l2(plain_model, x, y, eps),
+        "minimal": lambda: minimal_adversarial_distance(plain_model, x, y, max_eps=eps),
+    }[attack]
+    with pytest.raises(ValueError, match="epsilon must be finite and >= 0"):
+        call()
+
+
+@pytest.mark.parametrize("low_high", [(-0.01, 1.0), (0.0, 1.01), (0.0, 255.0)], ids=str)
+@pytest.mark.parametrize("attack", [pgd_l2, fgm_l2])
+def test_attacks_reject_inputs_outside_the_unit_box(plain_model, attack, low_high) -> None:
+    x = _box_input(2)
+    x[0, 0, 0, 0], x[1, 0, 0, 0] = low_high
+    with pytest.raises(ValueError, match=r"x must lie in \[0, 1\]"):
+        attack(plain_model, x, torch.zeros(2, dtype=torch.long), 0.5)
+
+
+def test_attacks_reject_bad_shapes_and_unknown_loss(plain_model) -> None:
+    x = _box_input(2)
+    y = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"x must be \(N, C, H, W\)"):
+        pgd_l2(plain_model, x[:, 0], y, 0.5, steps=1)
+    with pytest.raises(ValueError, match=r"labels must have shape \(2,\)"):
+        fgm_l2(plain_model, x, torch.zeros(3, dtype=torch.long), 0.5)
+    with pytest.raises(ValueError, match="unknown attack loss 'hinge'"):
+        fgm_l2(plain_model, x, y, 0.5, loss="hinge")
+
+
+# --- minimal adversarial distance --------------------------------------------------------------
+
+
+def test_minimal_adversarial_distance_is_at_least_the_certified_radius_for_bcop() -> None:
+    """For a BCOP network (float64) every distance found is >= the certified radius (1e-9
+    relative): PGD's upper bound and the certificate's lower bound are consistent."""
+    torch.manual_seed(0)
+    model = create_model("bcop-small-mnist").double().eval()
+    x = torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    cert = certify(model, x)
+    result = minimal_adversarial_distance(
+        model, x, cert.prediction, max_eps=2.0, search_steps=6, pgd_steps=30
+    )
+    assert result.success.all()
+    assert (result.norm >= cert.radius * (1 - 1e-9)).all()
+
+
+def test_minimal_adversarial_distance_finds_the_boundary_of_a_linear_model() -> None:
+    """For logits W x + b and x away from the box's faces, the exact distance to the nearest
+    other class is min_j (f_y - f_j) / ||w_y - w_j||. The search succeeds everywhere, its
+    adversarials are misclassified, and its distance lies in [exact, exact + 0.05] (the
+    bracket after 8 halvings of max_eps = 8 is 0.03)."""
+    model = _linear_model(scale=3.0)
+    gen = torch.Generator().manual_seed(2)
+    x = 0.4 + 0.2 * torch.rand(5, 1, 28, 28, generator=gen, dtype=torch.float64)
+    y = _labels(model, x)
+    w, b = model[1].weight.detach(), model[1].bias.detach()
+    logits = x.flatten(1) @ w.mT + b
+    exact = []
+    for i in range(5):
+        gaps = logits[i, y[i]] - logits[i]
+        dists = gaps / (w[y[i]] - w).norm(dim=1)
+        dists[y[i]] = math.inf
+        exact.append(dists.min())
+    exact = torch.stack(exact)
+    assert (exact < 0.5).all()  # the box [0, 1] is out of reach: x is 0.4 from every face
+
+    result = minimal_adversarial_distance(model, x, y)
+    assert result.success.all()
+    assert (_labels(model, result.x_adv) != y).all()
+    assert (result.norm >= exact * (1 - 1e-9)).all()
+    assert (result.norm <= exact + 0.05).all()
+
+
+def test_minimal_adversarial_distance_reports_inf_where_nothing_is_found() -> None:
+    """A constant model cannot be fooled: success is False and the distance is inf."""
+    model = _linear_model(scale=0.0)
+    with torch.no_grad():
+        model[1].bias.copy_(torch.arange(10, dtype=torch.float64))
+    x = torch.rand(3, 1, 28, 28, dtype=torch.float64)
+    result = minimal_adversarial_distance(
+        model, x, _labels(model, x), max_eps=1.0, search_steps=2, pgd_steps=3
+    )
+    assert not result.success.any()
+    assert torch.isinf(result.norm).all()
