@@ -36,13 +36,14 @@ class CachedParametrization(nn.Module):
     def forward(self, *originals: torch.Tensor) -> torch.Tensor:
         needs_graph = torch.is_grad_enabled() and any(o.requires_grad for o in originals)
         if needs_graph:
-            return self.compute(*originals)
+            # contiguous: conv2d and linear run measurably faster on a dense kernel
+            return self.compute(*originals).contiguous()
         key = tuple((o.data_ptr(), o._version, o.dtype, o.device) for o in originals)
         if key != self._cache_key or self._cache_value is None:
             # inference_mode(False): a kernel built under inference mode must stay usable by a
             # later attack that differentiates with respect to the input.
             with torch.inference_mode(False), torch.no_grad():
-                self._cache_value = self.compute(*originals)
+                self._cache_value = self.compute(*originals).contiguous()
             self._cache_key = key
         return self._cache_value
 
