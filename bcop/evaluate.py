@@ -28,7 +28,7 @@ import torch
 from bcop.attacks import fgm_l2, pgd_l2
 from bcop.certify import certified_accuracy, certified_radius, lipschitz_bound
 from bcop.data import load_dataset, make_loader
-from bcop.hub import load_model, save_model
+from bcop.hub import EVAL_RESULTS_FILE, load_model, save_model
 from bcop.models import LipschitzNet
 from bcop.train import TrainConfig
 
@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     out = Path(args.out or f"results/{results['model']}")
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / EVAL_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     (out / "eval_results.md").write_text(results_table([results]))
     print(results_table([results]))
     if args.export:
@@ -287,7 +287,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if training is not None:
             results["training"] = training
         folder = save_model(model, args.export, card=model_card(results, training))
-        (folder / "eval_results.json").write_text(json.dumps(results, indent=2) + "\n")
+        (folder / EVAL_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
     return results
 
 

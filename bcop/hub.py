@@ -38,6 +38,7 @@ __all__ = [
     "CONFIG_FILE",
     "WEIGHTS_FILE",
     "CARD_FILE",
+    "EVAL_RESULTS_FILE",
     "CorruptDownloadError",
     "LoadedModel",
     "checkpoints_dir",
@@ -51,6 +52,7 @@ __all__ = [
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
+EVAL_RESULTS_FILE = "eval_results.json"
 LIBRARY_NAME = "bcop"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _fell_back: set[str] = set()  # Hub repos that failed this session and have a local copy
