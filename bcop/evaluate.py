@@ -18,6 +18,7 @@ trained (from ``--train-run``, the training output folder).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -162,9 +163,12 @@ def _training_summary(run: Path | None) -> dict[str, Any] | None:
     data = json.loads((run / "metrics.json").read_text())
     cfg, history = data["config"], data["history"]
     best = max((h for h in history if h.get("best")), key=lambda h: h["epoch"], default=history[-1])
-    flags = [cfg["model"], f"--epochs {cfg['epochs']}", f"--lr-decay {cfg['lr_decay']}"]
-    defaults = {"batch_size": 128, "lr": 1e-3, "loss": "auto", "hinge_eps": 1.5, "seed": 0}
-    flags += [f"--{k.replace('_', '-')} {cfg[k]}" for k, v in defaults.items() if cfg.get(k) != v]
+    defaults = dataclasses.asdict(TrainConfig(model=cfg["model"]))
+    flags = [cfg["model"]] + [
+        f"--{key.replace('_', '-')} {value}"
+        for key, value in cfg.items()
+        if key not in ("model", "out", "data_root") and value != defaults.get(key)
+    ]
     return {
         "command": "python -m bcop.train " + " ".join(flags),
         "epochs": len(history),

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from bcop.data import DATASET_SHAPES, NUM_CLASSES
 from bcop.layers import (
     BCOPConv2d,
     BjorckLinear,
@@ -38,7 +39,6 @@ __all__ = [
     "CONVS",
     "ACTIVATIONS",
     "DATASETS",
-    "INPUT_SHAPES",
     "ModelConfig",
     "LipschitzNet",
     "MODEL_NAMES",
@@ -51,9 +51,7 @@ ARCHS = ("small", "large", "fc")
 CONVS = ("bcop", "rko", "ossn", "svcm", "plain")
 FC_LAYERS = ("bjorck", "plain")
 ACTIVATIONS = ("maxmin", "relu")
-DATASETS = ("mnist", "cifar10")
-INPUT_SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-NUM_CLASSES = 10
+DATASETS = tuple(DATASET_SHAPES)
 
 # (out_channels, kernel_size, stride) of each convolution, as written in the paper.
 CONV_SPECS = {
@@ -110,7 +108,7 @@ class ModelConfig:
 
     @property
     def input_shape(self) -> tuple[int, int, int]:
-        return INPUT_SHAPES[self.dataset]
+        return DATASET_SHAPES[self.dataset]
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -59,6 +59,7 @@ class TrainConfig:
     select_eps: float = 1.58
     seed: int = 0
     svcm_every: int = 100
+    svcm_epoch_rounds: int = 10
     limit_train: int | None = None
     ortho_method: str = "polar"
     bjorck_iters: int = 20
@@ -249,7 +250,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
                 loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}",
                 acc=f"{sum(accs[-50:]) / len(accs[-50:]):.4f}",
             )
-        model.project_()
+        model.project_(cfg.svcm_epoch_rounds)
         cpu_used += time.process_time() - c0
         wall_used += time.perf_counter() - t0
         if rank != 0:
