@@ -33,7 +33,15 @@ from bcop.hub import EVAL_RESULTS_FILE, load_model, save_model
 from bcop.models import LipschitzNet
 from bcop.train import TrainConfig
 
-__all__ = ["PAPER_RESULTS", "evaluate", "results_table", "model_card", "main"]
+__all__ = [
+    "PAPER_RESULTS",
+    "evaluate",
+    "results_table",
+    "summary_table",
+    "read_results",
+    "model_card",
+    "main",
+]
 
 # The paper's Table (official runs, mean of 5 trials), MNIST, eps = 1.58: percentages.
 PAPER_RESULTS: dict[str, dict[str, float]] = {
@@ -149,6 +157,40 @@ def results_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def summary_table(results: list[dict[str, Any]]) -> str:
+    """Markdown table of several evaluated models, as the README shows them: ours beside the
+    paper's (clean / certified / PGD at each result's eps), training time and the command that
+    trained it (from ``results["training"]``, written by ``--export ... --train-run``)."""
+    lines = [
+        "| model | ours: clean / certified / PGD | paper: clean / certified / PGD "
+        "| Lipschitz bound | training (CPU-hours, epochs) | reproduce |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        key = f"{r['eps']:g}"
+        paper = r.get("paper") or {}
+        paper_text = " / ".join(_paper(paper, k) for k in ("clean", "certified", "pgd")) if paper else "–"
+        training = r.get("training")
+        trained = f"{training['cpu_hours']:.2f} h, {training['epochs']}" if training else "–"
+        command = f"`{training['command']}`" if training else "–"
+        lines.append(
+            f"| {r['model']} | {_pct(r['clean'])} / {_pct(r['certified'][key])} / {_pct(r['pgd'][key])} "
+            f"| {paper_text} | {r['lipschitz']:.6g} | {trained} | {command} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def read_results(folder: str | Path) -> list[dict[str, Any]]:
+    """Every ``*/eval_results.json`` under ``folder`` (e.g. ``checkpoints/``): the paper's
+    models in its table's order, then the rest by name."""
+    files = sorted(Path(folder).glob(f"*/{EVAL_RESULTS_FILE}"))
+    if not files:
+        raise ValueError(f"no */{EVAL_RESULTS_FILE} under {folder}: evaluate a model with --export first")
+    results = [json.loads(f.read_text()) for f in files]
+    order = list(PAPER_RESULTS)  # the paper's rows first, in its order
+    return sorted(results, key=lambda r: (order.index(r["model"]) if r["model"] in order else len(order)))
+
+
 def _loss_description(cfg: TrainConfig) -> str:
     if cfg.resolved_loss() == "ce":
         return "cross-entropy"
@@ -258,7 +300,13 @@ def model_card(results: dict[str, Any], training: dict[str, Any] | None) -> str:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bcop.evaluate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("model", help="registry name, Hub repo id, or model folder")
+    parser.add_argument("model", nargs="?", help="registry name, Hub repo id, or model folder")
+    parser.add_argument(
+        "--summary",
+        default=None,
+        metavar="FOLDER",
+        help="print the README's table of every evaluated model under FOLDER (e.g. checkpoints) and exit",
+    )
     parser.add_argument("--eps", type=float, default=1.58)
     parser.add_argument("--pgd-limit", type=int, default=None, help="attack only the first N test images")
     parser.add_argument("--pgd-steps", type=int, default=200)
@@ -269,12 +317,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--train-run", default=None, help="training output folder, for the card")
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--data-root", default=None)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.model is None) == (args.summary is None):
+        parser.error("give a model to evaluate, or --summary FOLDER (not both)")
+    return args
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    """Command-line entry point; returns the results dict."""
+def main(argv: list[str] | None = None) -> dict[str, Any] | str:
+    """Command-line entry point; returns the results dict (or the ``--summary`` table)."""
     args = _parse(argv)
+    if args.summary is not None:
+        table = summary_table(read_results(args.summary))
+        print(table)
+        return table
     if args.threads:
         torch.set_num_threads(args.threads)
     model = load_model(args.model).model

@@ -249,6 +249,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
             bar.set_postfix(
                 loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}",
                 acc=f"{sum(accs[-50:]) / len(accs[-50:]):.4f}",
+                refresh=False,  # drawn with the step count at the bar's own interval
             )
         model.project_(cfg.svcm_epoch_rounds)
         cpu_used += time.process_time() - c0

@@ -220,3 +220,44 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch() -> None:
     for _ in range(5):
         last, accuracy = train_module.train_step(model, optimizer, x, y, loss_fn)
     assert last < first and 0.0 <= accuracy <= 1.0
+
+
+def test_evaluate_exports_a_card_and_the_summary_table_lists_it(
+    data_root: Path, two_epochs: Path, tmp_path: Path
+) -> None:
+    export = tmp_path / "checkpoints" / MODEL
+    command = [
+        sys.executable, "-m", "bcop.evaluate", str(two_epochs / "best"), "--export", str(export),
+        "--train-run", str(two_epochs), "--out", str(tmp_path / "results"),
+        "--pgd-limit", "20", "--pgd-steps", "10", "--threads", "1",
+    ]  # fmt: skip
+    result = subprocess.run(
+        command, env=_env(data_root), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+    results = json.loads((export / "eval_results.json").read_text())
+    curve = list(results["certified"].values())
+    assert results["n_test"] == SIZES["test"] and results["pgd_n"] == 20
+    assert curve == sorted(curve, reverse=True) and curve[0] == results["clean"]  # eps 0: clean
+    assert results["certified"]["1.58"] <= results["fgm"]["1.58"] <= results["clean"]
+    assert results["training"]["epochs"] == 2
+    card = (export / "README.md").read_text()
+    assert card.startswith("---\n") and results["training"]["command"] in card
+    assert load_folder(export)[0].config.name == MODEL
+
+    summary = subprocess.run(
+        [sys.executable, "-m", "bcop.evaluate", "--summary", str(export.parent)],
+        env=_env(data_root), cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert summary.returncode == 0, summary.stderr
+    rows = [line for line in summary.stdout.splitlines() if line.startswith(f"| {MODEL} ")]
+    assert len(rows) == 1 and f"{100 * results['clean']:.2f} / " in rows[0]
+    assert f"`{results['training']['command']}`" in rows[0]
+
+
+def test_evaluate_without_a_model_or_summary_fails_clearly() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bcop.evaluate"], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and "give a model to evaluate, or --summary" in result.stderr
