@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
@@ -23,6 +24,7 @@ from bcop.layers import (
     SVCMConv2d,
     frozen_weights,
 )
+from bcop.layers.conv import circular_pad
 from bcop.orthogonal import conv_singular_values, power_iteration
 
 F32_TOL = 1e-4
@@ -188,6 +190,28 @@ def test_plain_conv_does_not_preserve_gradient_norm() -> None:
     x = torch.randn(3, 16, 8, 8, generator=_gen(1), dtype=torch.float64)
     g = torch.randn(3, 16, 8, 8, generator=_gen(2), dtype=torch.float64)
     assert ((_vjp_norm_ratio(layer, x, g) - 1).abs() > 1e-2).all()
+
+
+@pytest.mark.parametrize("pad", [(0, 0, 0, 0), (1, 1, 1, 1), (0, 1, 0, 1), (3, 2, 1, 3), (5, 5, 4, 4)])
+def test_circular_pad_matches_torch_circular_pad_in_values_and_gradients(pad: tuple) -> None:
+    x = torch.randn(2, 3, 4, 5, generator=_gen(0), dtype=torch.float64, requires_grad=True)
+    ours, ref = circular_pad(x, pad), F.pad(x, pad, mode="circular")
+    assert torch.equal(ours, ref)
+    g = torch.randn(ref.shape, generator=_gen(1), dtype=torch.float64)
+    (g_ours,) = torch.autograd.grad(ours, x, g)
+    (g_ref,) = torch.autograd.grad(ref, x, g)
+    assert torch.allclose(g_ours, g_ref, atol=1e-12)
+
+
+@pytest.mark.parametrize("k", list(range(1, 8)))
+def test_circular_conv_equals_nn_conv2d_with_circular_padding(k: int) -> None:
+    """Our padding path gives the same output as torch's own for odd and even kernels."""
+    torch.manual_seed(k)
+    ours = PlainConv2d(3, 4, k).double()
+    ref = nn.Conv2d(3, 4, k, padding="same", padding_mode="circular").double()
+    ref.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 3, 9, 8, generator=_gen(2), dtype=torch.float64)
+    assert torch.allclose(ours(x), ref(x), atol=1e-12)
 
 
 # --- the baselines' bounds are sound ---------------------------------------------------------
