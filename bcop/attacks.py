@@ -123,7 +123,8 @@ def pgd_l2(
         eps: radius, a float or one per example (N,).
         steps, step_size: number and length of the steps (paper: 200, 0.01 on MNIST); the
             length may be one per example.
-        random_start: start from a uniformly random point of the ball.
+        random_start: start from a random point of the ball (uniform direction, radius uniform
+            in [0, eps]).
         loss: ``"margin"`` or ``"ce"``.
         seed: seed of the random start (None: global generator).
         progress: called with the fraction done after each step.

@@ -23,6 +23,7 @@ from safetensors.torch import load_file
 from bcop import train as train_module
 from bcop.certify import layer_lipschitz_bounds
 from bcop.data import MNIST_CACHE_NAME, load_dataset
+from bcop.evaluate import evaluate
 from bcop.hub import load_folder
 from bcop.layers import SVCMConv2d
 from bcop.models import create_model
@@ -261,3 +262,16 @@ def test_evaluate_without_a_model_or_summary_fails_clearly() -> None:
         [sys.executable, "-m", "bcop.evaluate"], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2 and "give a model to evaluate, or --summary" in result.stderr
+
+
+@pytest.mark.parametrize("attack_loss", ["margin", "ce"])
+def test_evaluate_robust_accuracy_lies_between_certified_and_clean(
+    data_root: Path, two_epochs: Path, attack_loss: str
+) -> None:
+    model, _ = load_folder(two_epochs / "best")
+    results = evaluate(
+        model, pgd_steps=5, batch_size=16, data_root=str(data_root), attack_loss=attack_loss
+    )
+    certified, clean = results["certified"]["1.58"], results["clean"]
+    assert results["attack_loss"] == attack_loss
+    assert certified <= results["pgd"]["1.58"] <= clean and certified <= results["fgm"]["1.58"] <= clean
