@@ -26,14 +26,7 @@ from bcop.models import create_model
 SQRT2 = math.sqrt(2)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing the 2 cores (10x faster when
-    other processes are busy); the previous setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class LogitsFromInput(nn.Module):

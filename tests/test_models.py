@@ -47,14 +47,7 @@ CONV_CLASSES = {
 CHEAP_NAMES = [n for n in MODEL_NAMES if "-small-" in n or n.startswith("plain-")] + ["bcop-large-mnist"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids oversubscribing the 2 cores (10x faster when
-    other processes are busy); the previous setting is restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --- names and configs ------------------------------------------------------------------------
