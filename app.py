@@ -725,6 +725,16 @@ class Demo:
         return _gradnorm_figure(rows)
 
     @friendly
+    def gradient_norms_when_shown(
+        self, sketch: dict | None, upload: str | None, models: list[str]
+    ) -> go.Figure | Any:
+        """:meth:`gradient_norms` when the tab opens or the models change; the chart is left as
+        it is (no error) while there is no image or no model to show."""
+        if not models or (upload is None and _ink(sketch) is None):
+            return gr.skip()
+        return self.gradient_norms(sketch, upload, models)
+
+    @friendly
     def train_live(
         self, models: list[str], steps: float, batch_size: float, loss: str
     ) -> Iterator[tuple[go.Figure, str]]:
@@ -775,6 +785,14 @@ class Demo:
             yield _training_figure(snapshot), status + (" · done" if snapshot.step == steps else "")
 
     # Orthogonality and models
+
+    @friendly
+    def singular_values_when_shown(self, models: list[str]) -> tuple[go.Figure, pd.DataFrame] | Any:
+        """:meth:`singular_values` when the tab opens or the models change (nothing while no
+        model is chosen)."""
+        if not models:
+            return gr.skip(), gr.skip()
+        return self.singular_values(models)
 
     @friendly
     def singular_values(self, models: list[str]) -> tuple[go.Figure, pd.DataFrame]:
@@ -964,7 +982,7 @@ def build_demo(hub_repo: str = "") -> gr.Blocks:
                 )
                 attack_plot = gr.Plot(label="Adversarial images and perturbations")
 
-            with gr.Tab("Gradient norms"):
+            with gr.Tab("Gradient norms") as grad_tab:
                 gr.Markdown(
                     "How much of the output's gradient reaches each layer. In a gradient-norm-"
                     "preserving network (BCOP with MaxMin) it stays nearly constant from the output "
@@ -1000,7 +1018,7 @@ def build_demo(hub_repo: str = "") -> gr.Blocks:
                 train_status = gr.Markdown(label="training status")
                 train_plot = gr.Plot(label="Live training")
 
-            with gr.Tab("Orthogonality"):
+            with gr.Tab("Orthogonality") as sv_tab:
                 gr.Markdown(
                     "Every singular value of each convolution, as a linear operator on the input "
                     "size that layer sees. BCOP's are all exactly 1 (orthogonal); the other "
@@ -1054,6 +1072,14 @@ def build_demo(hub_repo: str = "") -> gr.Blocks:
         grad_btn.click(
             app.gradient_norms, [*image_inputs, grad_models], [grad_plot], api_name="gradient_norms", **fast
         )
+        for trigger in (grad_tab.select, grad_models.change):
+            trigger(
+                app.gradient_norms_when_shown,
+                [*image_inputs, grad_models],
+                [grad_plot],
+                api_visibility="private",
+                **fast,
+            )
         train_event = train_btn.click(
             app.train_live,
             [live_models, steps, batch, loss],
@@ -1066,6 +1092,14 @@ def build_demo(hub_repo: str = "") -> gr.Blocks:
         sv_btn.click(
             app.singular_values, [sv_models], [sv_plot, sv_table], api_name="singular_values", **fast
         )
+        for trigger in (sv_tab.select, sv_models.change):
+            trigger(
+                app.singular_values_when_shown,
+                [sv_models],
+                [sv_plot, sv_table],
+                api_visibility="private",
+                **fast,
+            )
         demo.load(app.models_overview, None, [overview], api_name="models", **fast)
         card_choice.change(app.model_card, [card_choice], [card], api_name="model_card", **fast)
         demo.load(app.model_card, [card_choice], [card], api_visibility="private", **fast)

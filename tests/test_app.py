@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterator
 from pathlib import Path
 
+import gradio as gr
 import numpy as np
 import pytest
 import torch
@@ -287,3 +288,19 @@ def test_an_unreachable_hub_means_the_embedded_checkpoints_without_waiting(
     assert store.names == ["bcop-small-mnist"]
     served = store.get("bcop-small-mnist")
     assert served.loaded.source == "local" and "could not be reached" in store.source(served)
+
+
+def test_opening_a_tab_draws_its_chart_only_when_there_is_something_to_draw(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BCOP_CHECKPOINTS", str(make_checkpoints(tmp_path, MODELS[:2])))
+    monkeypatch.delenv("BCOP_HUB_REPO", raising=False)
+    demo = app.Demo(app.ModelStore())
+    for nothing in (demo.gradient_norms_when_shown(None, None, MODELS[:2]),
+                    demo.gradient_norms_when_shown(None, str(EXAMPLE), []),
+                    *demo.singular_values_when_shown([])):  # fmt: skip
+        assert nothing == gr.skip()
+    figure = demo.gradient_norms_when_shown(None, str(EXAMPLE), MODELS[:2])
+    assert {trace.name for trace in figure.data} >= set(MODELS[:2])
+    spectra, summary = demo.singular_values_when_shown(MODELS[:1])
+    assert len(spectra.data) > 0 and set(summary["model"]) == {MODELS[0]}
