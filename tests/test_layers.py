@@ -24,7 +24,7 @@ from bcop.layers import (
     SVCMConv2d,
     frozen_weights,
 )
-from bcop.layers.conv import circular_pad
+from bcop.layers.conv import circular_pad, svcm_project
 from bcop.orthogonal import conv_singular_values, power_iteration
 
 F32_TOL = 1e-4
@@ -205,6 +205,26 @@ def test_circular_conv_equals_nn_conv2d_with_circular_padding(k: int) -> None:
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(2, 3, 9, 8, generator=_gen(2), dtype=torch.float64)
     assert torch.allclose(ours(x), ref(x), atol=1e-12)
+
+
+@pytest.mark.parametrize(("cout", "cin"), [(4, 6), (6, 4), (5, 5)])
+def test_svcm_projection_clips_the_operator_singular_values_exactly(cout: int, cin: int) -> None:
+    """With the kernel as large as the input, masking changes nothing: every singular value of
+    the projected operator is min(sigma, 1), compared with a full SVD in float64."""
+    kernel = 0.6 * torch.randn(cout, cin, 3, 3, generator=_gen(3), dtype=torch.float64)
+    before = conv_singular_values(kernel, 3).sort().values
+    after = conv_singular_values(svcm_project(kernel, 3), 3).sort().values
+    assert float(before.max()) > 1.5  # the projection has work to do
+    assert torch.allclose(after, before.clamp(max=1.0), atol=1e-10)
+
+
+def test_svcm_projection_agrees_with_clipping_by_svd() -> None:
+    kernel = 0.5 * torch.randn(6, 10, 2, 2, generator=_gen(4), dtype=torch.float64)
+    transfer = torch.fft.fft2(kernel, s=(5, 5)).permute(2, 3, 0, 1)
+    u, sv, vh = torch.linalg.svd(transfer, full_matrices=False)
+    clipped = (u * sv.clamp(max=1.0).to(u.dtype).unsqueeze(-2)) @ vh
+    reference = torch.fft.ifft2(clipped.permute(2, 3, 0, 1)).real[..., :2, :2]
+    assert torch.allclose(svcm_project(kernel, 5), reference, atol=1e-12)
 
 
 # --- the baselines' bounds are sound ---------------------------------------------------------

@@ -337,11 +337,17 @@ def svcm_project(kernel: torch.Tensor, input_size: int | Sequence[int], max_sv: 
     kh, kw = kernel.shape[-2:]
     if kh > h or kw > w:
         raise ValueError(f"kernel {kh}x{kw} is larger than the input size {h}x{w}")
-    transfer = torch.fft.fft2(kernel.double(), s=(h, w)).permute(2, 3, 0, 1)
-    u, s, vh = torch.linalg.svd(transfer, full_matrices=False)
-    clipped = (u * s.clamp_max(max_sv).to(u.dtype).unsqueeze(-2)) @ vh
+    transfer = torch.fft.fft2(kernel, s=(h, w)).permute(2, 3, 0, 1)  # (h, w, out, in)
+    wide = transfer.shape[-2] <= transfer.shape[-1]
+    m = transfer if wide else transfer.mH
+    # M = U S V^H; with the Gram matrix M M^H = U S^2 U^H on the smaller side (an eigh, cheaper
+    # than an SVD), clipping is M <- U min(1, max_sv / S) U^H M.
+    evals, evecs = torch.linalg.eigh(m @ m.mH)
+    scale = (max_sv / evals.clamp_min(0).sqrt().clamp_min(1e-30)).clamp(max=1.0)
+    m = evecs @ (scale.to(evecs.dtype).unsqueeze(-1) * (evecs.mH @ m))
+    clipped = m if wide else m.mH
     spatial = torch.fft.ifft2(clipped.permute(2, 3, 0, 1)).real
-    return spatial[..., :kh, :kw].to(kernel.dtype)
+    return spatial[..., :kh, :kw].contiguous()
 
 
 class SVCMConv2d(LipschitzConv2d):
