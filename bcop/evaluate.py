@@ -109,6 +109,7 @@ def evaluate(
     cert = certified_accuracy(model, make_loader(test, batch_size, shuffle=False), epsilons, lipschitz=L)
     n_pgd = len(test) if pgd_limit is None else min(pgd_limit, len(test))
     x_all, y_all = test.tensors
+
     def pgd(x: torch.Tensor, y: torch.Tensor) -> AttackResult:
         return pgd_l2(model, x, y, eps, steps=pgd_steps, step_size=pgd_step_size, loss=attack_loss)
 
