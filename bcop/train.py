@@ -47,7 +47,17 @@ LOSSES = ("auto", "hinge", "ce")
 
 @dataclasses.dataclass
 class TrainConfig:
-    """A training run. Field defaults are the paper's recipe."""
+    """A training run. Field defaults are the paper's recipe except for two:
+
+    * ``ortho_method="polar"``: the exact orthogonal polar factor, the limit of the paper's
+      Björck iterations (``"bjorck"`` with ``bjorck_iters=20`` is the paper's own), and faster.
+    * SVCM projects one round after every step (``svcm_every=1``) and ``svcm_epoch_rounds=50``
+      rounds after each epoch; the paper ran 50 rounds every 100 steps. Between sparse
+      projections the kernels drift far above 1-Lipschitz and the hinge loss is met by gain,
+      not margin: on MNIST's validation split, svcm-large-mnist certified 0% at eps 1.58 after
+      2 epochs projecting every 100 steps, 2% after 4 epochs projecting every 10, and 27%
+      after 3 epochs projecting every step.
+    """
 
     model: str
     epochs: int = 200
@@ -58,8 +68,8 @@ class TrainConfig:
     hinge_eps: float = 1.5
     select_eps: float = 1.58
     seed: int = 0
-    svcm_every: int = 100
-    svcm_epoch_rounds: int = 10
+    svcm_every: int = 1
+    svcm_epoch_rounds: int = 50
     limit_train: int | None = None
     ortho_method: str = "polar"
     bjorck_iters: int = 20
