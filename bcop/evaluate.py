@@ -299,7 +299,7 @@ def model_card(results: dict[str, Any], training: dict[str, Any] | None) -> str:
             f"Loss: {training['loss']}; {training['epochs']} epochs, best epoch on the validation split "
             f"(MNIST train 50k / val 10k): {training['best_epoch']}. "
             f"Time on a 2-core CPU machine: {training['cpu_hours']:.2f} CPU-hours "
-            f"({training['wall_hours']:.2f} h wall clock, one thread, sharing the machine with other jobs).",
+            f"({training['wall_hours']:.2f} h wall clock, sharing the machine with other jobs).",
             "",
         ]
     if results.get("paper") is None:
