@@ -146,6 +146,14 @@ def _paper(paper: dict[str, float], key: str) -> str:
     return f"{paper[key]:.2f}" if key in paper else "–"
 
 
+def _headline(r: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """Ours and the paper's clean / certified / PGD accuracy at the result's eps, as text."""
+    key = f"{r['eps']:g}"
+    paper = r.get("paper") or {}
+    ours = [_pct(r["clean"]), _pct(r["certified"][key]), _pct(r["pgd"][key])]
+    return ours, [_paper(paper, k) for k in ("clean", "certified", "pgd")]
+
+
 def results_table(results: list[dict[str, Any]]) -> str:
     """Markdown table: ours (clean / certified / PGD at eps) beside the paper's."""
     lines = [
@@ -154,12 +162,11 @@ def results_table(results: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        key = f"{r['eps']:g}"
-        paper = r.get("paper") or {}
+        (clean, certified, pgd), paper = _headline(r)
+        fgm = _pct(r["fgm"][f"{r['eps']:g}"])
         lines.append(
-            f"| {r['model']} | {_pct(r['clean'])} | {_pct(r['certified'][key])} | {_pct(r['pgd'][key])} "
-            f"(n={r['pgd_n']}) | {_pct(r['fgm'][key])} | {r['lipschitz']:.5f} | "
-            f"{_paper(paper, 'clean')} | {_paper(paper, 'certified')} | {_paper(paper, 'pgd')} |"
+            f"| {r['model']} | {clean} | {certified} | {pgd} (n={r['pgd_n']}) "
+            f"| {fgm} | {r['lipschitz']:.5f} | {' | '.join(paper)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -174,14 +181,13 @@ def summary_table(results: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in results:
-        key = f"{r['eps']:g}"
-        paper = r.get("paper") or {}
-        paper_text = " / ".join(_paper(paper, k) for k in ("clean", "certified", "pgd")) if paper else "–"
+        ours, paper = _headline(r)
+        paper_text = " / ".join(paper) if r.get("paper") else "–"
         training = r.get("training")
         trained = f"{training['cpu_hours']:.2f} h, {training['epochs']}" if training else "–"
         command = f"`{training['command']}`" if training else "–"
         lines.append(
-            f"| {r['model']} | {_pct(r['clean'])} / {_pct(r['certified'][key])} / {_pct(r['pgd'][key])} "
+            f"| {r['model']} | {' / '.join(ours)} "
             f"| {paper_text} | {r['lipschitz']:.6g} | {trained} | {command} |"
         )
     return "\n".join(lines) + "\n"
