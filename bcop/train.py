@@ -8,7 +8,9 @@ Every epoch writes a resumable state (weights, optimiser moments, random generat
 tensors as safetensors, the rest as JSON) to ``OUT/state/``, appends to ``OUT/metrics.json``
 and keeps the best model on the validation split (certified accuracy at ``--select-eps`` for
 hinge-trained models, clean accuracy otherwise) in ``OUT/best/`` in Hub layout. Running the same
-command again continues where it stopped.
+command again continues where it stopped; a larger ``--epochs`` extends a finished run (the
+learning rate at epoch e is ``lr * lr_decay**e`` whatever the total), while any other changed
+option is refused rather than spliced into the run.
 
 Under ``torchrun --nproc_per_node N`` the same command trains with DistributedDataParallel
 (gloo on CPU, nccl on GPU); the global batch size stays ``--batch-size``.
@@ -158,6 +160,29 @@ def _load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer
     return meta
 
 
+# Fields a resumed run may change: how long it runs and where the files are. Everything else
+# fixes what the epochs so far were trained with, so changing it would splice two recipes.
+RESUME_MAY_CHANGE = frozenset({"epochs", "out", "data_root"})
+
+
+def _check_resumable(folder: Path, cfg: TrainConfig) -> None:
+    """Refuse to continue a run under a different model or recipe (raises ValueError)."""
+    previous = json.loads((folder / "state.json").read_text())["config"]
+    if previous["model"] != cfg.model:
+        raise ValueError(f"{folder} holds a run of {previous['model']}, not {cfg.model}: use another --out")
+    current = dataclasses.asdict(cfg)
+    changed = [
+        f"--{name.replace('_', '-')} {previous[name]} (was) != {current[name]} (now)"
+        for name in current
+        if name not in RESUME_MAY_CHANGE and name in previous and previous[name] != current[name]
+    ]
+    if changed:
+        raise ValueError(
+            f"{folder} was trained with another recipe: {'; '.join(changed)}. Continue it with the "
+            "original options (only --epochs may change) or start a new run with another --out."
+        )
+
+
 # --- the loop --------------------------------------------------------------------------------
 
 
@@ -212,9 +237,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     start_epoch, best_score, cpu_used, wall_used = 0, -1.0, 0.0, 0.0
     if (out / "state" / "state.json").is_file():
-        previous = json.loads((out / "state" / "state.json").read_text())["config"]["model"]
-        if previous != cfg.model:
-            raise ValueError(f"{out / 'state'} holds a run of {previous}, not {cfg.model}: use another --out")
+        _check_resumable(out / "state", cfg)
         meta = _load_state(out / "state", model, optimizer)
         start_epoch, best_score = meta["epoch"] + 1, meta["best_score"]
         cpu_used, wall_used, history = meta["cpu_seconds"], meta["wall_seconds"], meta["history"]

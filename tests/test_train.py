@@ -143,6 +143,19 @@ def test_resuming_into_another_models_run_fails_clearly(
         train_module.train(cfg, show_progress=False)
 
 
+def test_resuming_with_another_recipe_fails_clearly_and_names_the_option(
+    data_root: Path, two_epochs: Path, tmp_path: Path
+) -> None:
+    out = shutil.copytree(two_epochs, tmp_path / "run")
+    before = (out / "state" / "state.safetensors").read_bytes()
+    cfg = train_module.TrainConfig(
+        MODEL, epochs=3, lr_decay=0.5, limit_train=256, out=str(out), data_root=str(data_root)
+    )
+    with pytest.raises(ValueError, match=r"--lr-decay 0\.96235 \(was\) != 0\.5 \(now\)"):
+        train_module.train(cfg, show_progress=False)
+    assert (out / "state" / "state.safetensors").read_bytes() == before  # nothing was trained
+
+
 def test_ddp_under_torchrun_with_gloo_on_cpu_writes_the_outputs(data_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "ddp"
     torchrun = (str(Path(sys.executable).with_name("torchrun")), "--standalone", "--nproc_per_node", "2")
