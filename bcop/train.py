@@ -330,6 +330,9 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
         )
     if world > 1:
         dist.barrier()
+        # DDP's reducer keeps the process group alive past destroy_process_group; left to the
+        # interpreter's finalisation, gloo's threads can abort the process on the way out.
+        del train_model
         dist.destroy_process_group()
     return history[-1] if history else {}
 
