@@ -154,7 +154,7 @@ def _conv(config: ModelConfig, cin: int, cout: int, k: int, size: int) -> Lipsch
     if config.conv == "rko":
         return RKOConv2d(cin, cout, k, **ortho)
     if config.conv == "ossn":
-        return OSSNConv2d(cin, cout, k)
+        return OSSNConv2d(cin, cout, k, input_size=size)
     if config.conv == "svcm":
         return SVCMConv2d(cin, cout, k, input_size=size)
     return PlainConv2d(cin, cout, k)

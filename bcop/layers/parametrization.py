@@ -6,8 +6,8 @@ a model, and ``parametrize.cached()`` works as usual.
 
 On top of that, when no gradient with respect to the weights can be needed (``torch.no_grad()``,
 or parameters with ``requires_grad=False`` as in an attack), the constrained weight is cached
-across calls and recomputed only when a parameter changes: the cache key holds each
-parameter's storage pointer and in-place version counter, which every optimiser step,
+across calls and recomputed only when a parameter or buffer changes: the cache key holds each
+one's storage pointer and in-place version counter, which every optimiser step,
 ``load_state_dict`` and ``.to()`` bump. Inference and certification therefore build each
 orthogonal kernel once, and training is untouched.
 """
@@ -38,7 +38,8 @@ class CachedParametrization(nn.Module):
         if needs_graph:
             # contiguous: conv2d and linear run measurably faster on a dense kernel
             return self.compute(*originals).contiguous()
-        key = tuple((o.data_ptr(), o._version, o.dtype, o.device) for o in originals)
+        # buffers too (OSSN's power-iteration vectors): load_state_dict and training change them
+        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in (*originals, *self.buffers()))
         if key != self._cache_key or self._cache_value is None:
             # inference_mode(False): a kernel built under inference mode must stay usable by a
             # later attack that differentiates with respect to the input.
