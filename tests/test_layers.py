@@ -196,12 +196,13 @@ def test_circular_pad_matches_torch_circular_pad_in_values_and_gradients(pad: tu
     assert torch.allclose(g_ours, g_ref, atol=1e-12)
 
 
+@pytest.mark.parametrize("padding_mode", ["circular", "zeros"])
 @pytest.mark.parametrize("k", list(range(1, 8)))
-def test_circular_conv_equals_nn_conv2d_with_circular_padding(k: int) -> None:
+def test_conv_equals_nn_conv2d_with_same_padding(k: int, padding_mode: str) -> None:
     """Our padding path gives the same output as torch's own for odd and even kernels."""
     torch.manual_seed(k)
-    ours = PlainConv2d(3, 4, k).double()
-    ref = nn.Conv2d(3, 4, k, padding="same", padding_mode="circular").double()
+    ours = PlainConv2d(3, 4, k, padding_mode=padding_mode).double()
+    ref = nn.Conv2d(3, 4, k, padding="same", padding_mode=padding_mode).double()
     ref.load_state_dict(ours.state_dict())
     x = torch.randn(2, 3, 9, 8, generator=_gen(2), dtype=torch.float64)
     assert torch.allclose(ours(x), ref(x), atol=1e-12)

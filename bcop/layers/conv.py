@@ -82,11 +82,10 @@ def conv2d_same(
     Returns:
         (N, C_out, H, W).
     """
-    if padding_mode != "circular":
-        return F.conv2d(x, weight, bias, padding="same")
     kh, kw = weight.shape[-2:]
     pad = ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2)
-    return F.conv2d(circular_pad(x, pad), weight, bias)
+    padded = circular_pad(x, pad) if padding_mode == "circular" else F.pad(x, pad)
+    return F.conv2d(padded, weight, bias)
 
 
 class LipschitzConv2d(nn.Conv2d):
