@@ -336,7 +336,7 @@ class ConvSpectralNormalization(CachedParametrization):
         out_channels: int,
         input_size: tuple[int, int],
         padding_mode: str,
-        iters: int = 1,
+        iters: int,
     ) -> None:
         super().__init__()
         if iters < 1:
