@@ -285,9 +285,8 @@ def _ossn_train_forwards(layer: OSSNConv2d, n: int) -> None:
 def test_ossn_normalises_the_convolution_operator_not_the_reshaped_kernel(
     cin: int, cout: int, k: int
 ) -> None:
-    """With raw weights of operator norm >> 1, 200 training forwards (one power iteration each,
-    ``power_iters=1``)
-    bring the exact norm of the convolution on the layer's input size to 1 within 1e-3 (float64;
+    """With raw weights of operator norm >> 1, 200 training forwards with ``power_iters=1`` bring
+    the exact norm of the convolution on the layer's input size to 1 within 1e-3 (float64;
     power iteration converges from below, so the norm approaches 1 from above). The
     reshaped-kernel normalisation (``||M||_2 / k``) would leave it well below 1."""
     torch.manual_seed(0)
