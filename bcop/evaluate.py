@@ -30,9 +30,9 @@ import torch
 from bcop.attacks import LOSSES as ATTACK_LOSSES
 from bcop.attacks import AttackResult, fgm_l2, pgd_l2
 from bcop.certify import certified_accuracy, certified_radius, lipschitz_bound
-from bcop.data import load_dataset, make_loader
+from bcop.data import TRAIN_VAL_SIZES, load_dataset, make_loader
 from bcop.hub import EVAL_RESULTS_FILE, load_model, save_model
-from bcop.models import LipschitzNet
+from bcop.models import LipschitzNet, parse_model_name
 from bcop.train import TrainConfig
 
 __all__ = [
@@ -212,6 +212,22 @@ def _loss_description(cfg: TrainConfig) -> str:
     )
 
 
+def _selection_description(cfg: dict[str, Any], epoch: int) -> str:
+    """Which data the run trained on and how its model was chosen, for the card."""
+    dataset = parse_model_name(cfg["model"]).dataset
+    n_train, n_val = TRAIN_VAL_SIZES[dataset]
+    label = {"mnist": "MNIST", "cifar10": "CIFAR-10"}[dataset]
+    if cfg.get("train_split", "train") == "train+val":
+        return (
+            f"trained on all {n_train + n_val:,} {label} training images, as the paper, "
+            f"with no model selection: the model after the last epoch ({epoch})"
+        )
+    return (
+        f"trained on {n_train:,} {label} training images; the epoch with the best validation score "
+        f"on the other {n_val:,}: {epoch}"
+    )
+
+
 def _training_summary(run: Path | None) -> dict[str, Any] | None:
     if run is None or not (run / "metrics.json").is_file():
         return None
@@ -228,6 +244,7 @@ def _training_summary(run: Path | None) -> dict[str, Any] | None:
         "command": "python -m bcop.train " + " ".join(flags),
         "epochs": len(history),
         "best_epoch": best["epoch"],
+        "selection": _selection_description(cfg, best["epoch"]),
         "cpu_hours": history[-1]["cpu_seconds"] / 3600,
         "wall_hours": history[-1]["wall_seconds"] / 3600,
         "loss": _loss_description(TrainConfig(**cfg)),
@@ -302,8 +319,7 @@ def model_card(results: dict[str, Any], training: dict[str, Any] | None) -> str:
             "",
             f"`{training['command']}`",
             "",
-            f"Loss: {training['loss']}; {training['epochs']} epochs, best epoch on the validation split "
-            f"(MNIST train 50k / val 10k): {training['best_epoch']}. "
+            f"Loss: {training['loss']}; {training['epochs']} epochs; {training['selection']}. "
             f"Time on a 2-core CPU machine: {training['cpu_hours']:.2f} CPU-hours "
             f"({training['wall_hours']:.2f} h wall clock, sharing the machine with other jobs).",
             "",

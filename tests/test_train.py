@@ -23,7 +23,7 @@ from safetensors.torch import load_file
 from bcop import train as train_module
 from bcop.certify import layer_lipschitz_bounds
 from bcop.data import MNIST_CACHE_NAME, load_dataset
-from bcop.evaluate import evaluate
+from bcop.evaluate import _training_summary, evaluate
 from bcop.hub import load_folder
 from bcop.layers import SVCMConv2d
 from bcop.models import create_model
@@ -154,6 +154,59 @@ def test_resuming_with_another_recipe_fails_clearly_and_names_the_option(
     with pytest.raises(ValueError, match=r"--lr-decay 0\.96235 \(was\) != 0\.5 \(now\)"):
         train_module.train(cfg, show_progress=False)
     assert (out / "state" / "state.safetensors").read_bytes() == before  # nothing was trained
+
+
+def test_train_plus_val_split_is_train_then_val(data_root: Path) -> None:
+    whole = load_dataset("mnist", "train+val", data_root).tensors
+    parts = [load_dataset("mnist", split, data_root).tensors for split in ("train", "val")]
+    assert len(whole[0]) == SIZES["train"] + SIZES["val"]
+    for index in range(2):  # images, labels
+        assert torch.equal(whole[index], torch.cat([parts[0][index], parts[1][index]]))
+
+
+def test_train_plus_val_run_trains_on_both_and_keeps_the_last_epoch(
+    data_root: Path, two_epochs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    sizes: list[int] = []
+    make_loader = train_module.make_loader
+
+    def recording_loader(dataset: torch.utils.data.Dataset, *args: object, **kwargs: object) -> object:
+        sizes.append(len(dataset))  # type: ignore[arg-type]
+        return make_loader(dataset, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(train_module, "make_loader", recording_loader)
+    cfg = train_module.TrainConfig(
+        MODEL, epochs=2, lr=0.02, train_split="train+val", out=str(tmp_path), data_root=str(data_root)
+    )
+    train_module.train(cfg)
+    training_sizes = [n for n in sizes if n != SIZES["val"]]  # the rest are validation loaders
+    assert training_sizes == [SIZES["train"] + SIZES["val"]] * 2
+    assert capsys.readouterr().out.count("(val is in the training set)") == 2
+
+    # no selection: best/ is the last epoch's model, bit for bit, whatever its scores
+    history = _history(tmp_path)
+    assert all(record.get("best") for record in history)
+    model, _ = load_folder(tmp_path / "best")
+    state = load_file(str(tmp_path / "state" / "state.safetensors"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, state[f"model.{key}"]), key
+
+    summary = _training_summary(tmp_path)
+    assert summary is not None and "--train-split train+val" in summary["command"]
+    assert "all 60,000 MNIST training images" in summary["selection"]
+    assert "the model after the last epoch (2)" in summary["selection"]
+    selected = _training_summary(two_epochs)
+    assert selected is not None and "--train-split" not in selected["command"]
+    best = max(r["epoch"] for r in _history(two_epochs) if r.get("best"))
+    assert selected["selection"].endswith(f"best validation score on the other 10,000: {best}")
+
+
+def test_unknown_train_split_fails_before_training(tmp_path: Path) -> None:
+    cfg = train_module.TrainConfig(MODEL, train_split="test", out=str(tmp_path / "out"))
+    with pytest.raises(ValueError, match="unknown train split 'test': expected one of train, train\\+val"):
+        train_module.train(cfg, show_progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_ddp_under_torchrun_with_gloo_on_cpu_writes_the_outputs(data_root: Path, tmp_path: Path) -> None:
