@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from bcop.layers.parametrization import CachedParametrization
+from bcop.layers.parametrization import CachedParametrization, scaled_orthogonal_
 from bcop.orthogonal import ORTHO_METHODS, compose_kernels, conv_spectral_norm, orthonormalize
 
 __all__ = [
@@ -220,13 +220,10 @@ class BCOPKernel(CachedParametrization):
         self._initial: tuple[torch.Tensor, ...] | None = self._init_originals(c)
 
     def _init_originals(self, c: int) -> tuple[torch.Tensor, ...]:
-        ortho = nn.init.orthogonal_(torch.empty(c, c))
+        ortho = scaled_orthogonal_(torch.empty(c, c), c)
         if self.kernel_size == 1 or self.rank == 0:
             return (ortho,)
-        proj = torch.empty(2 * (self.kernel_size - 1), c, self.rank)
-        for matrix in proj:
-            nn.init.orthogonal_(matrix)
-        return ortho, proj
+        return ortho, scaled_orthogonal_(torch.empty(2 * (self.kernel_size - 1), c, self.rank), c)
 
     def right_inverse(self, weight: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Give the initial unconstrained matrices (used once, when the layer is built)."""
@@ -268,6 +265,8 @@ class BCOPConv2d(LipschitzConv2d):
         bjorck_iters: int = 20,
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, bias, padding_mode)
+        if self.bias is not None:  # the paper's: uniform in +-1/sqrt(out_channels)
+            nn.init.uniform_(self.bias, -(out_channels**-0.5), out_channels**-0.5)
         parametrize.register_parametrization(
             self,
             "weight",
@@ -311,6 +310,8 @@ class RKOConv2d(LipschitzConv2d):
         parametrize.register_parametrization(
             self, "weight", ReshapedKernel(kernel_size, ortho_method, bjorck_iters)
         )
+        fan_in = in_channels * kernel_size * kernel_size
+        scaled_orthogonal_(self.parametrizations.weight.original.view(out_channels, fan_in), fan_in)
 
 
 def _unit(t: torch.Tensor) -> torch.Tensor:

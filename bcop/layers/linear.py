@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from bcop.layers.parametrization import CachedParametrization
+from bcop.layers.parametrization import CachedParametrization, scaled_orthogonal_
 from bcop.orthogonal import ORTHO_METHODS, orthonormalize
 
 __all__ = ["LipschitzLinear", "BjorckLinear", "Orthonormal"]
@@ -67,9 +67,6 @@ class BjorckLinear(LipschitzLinear):
         ortho_method: str = "polar",
         bjorck_iters: int = 20,
     ) -> None:
-        super().__init__(in_features, out_features, bias=bias)
-        with torch.no_grad():
-            nn.init.orthogonal_(self.weight)
-            if self.bias is not None:
-                self.bias.zero_()
+        super().__init__(in_features, out_features, bias=bias)  # bias: +-1/sqrt(in), the paper's
+        scaled_orthogonal_(self.weight, in_features)
         parametrize.register_parametrization(self, "weight", Orthonormal(ortho_method, bjorck_iters))
