@@ -175,6 +175,42 @@ def test_bjorck_linear_bound_is_one_and_plain_linear_bound_is_its_spectral_norm(
     assert plain.lipschitz_bound() == pytest.approx(expected, rel=1e-12)
 
 
+def _raw_matrices(layer: nn.Module) -> list[torch.Tensor]:
+    """Every unconstrained tensor behind ``layer.weight`` as a batch of (m, n) matrices."""
+    raws = layer.parametrizations.weight.parameters()
+    return [raw.detach().flatten(1).unsqueeze(0) if raw.ndim == 4 else raw.detach() for raw in raws]
+
+
+@pytest.mark.parametrize(
+    ("make", "fan_in"),
+    [
+        (lambda: BCOPConv2d(16, 32, 3), 32),  # BCOP: its max(in, out)-channel matrices
+        (lambda: BCOPConv2d(24, 8, 2), 24),
+        (lambda: RKOConv2d(16, 32, 3), 16 * 9),  # RKO: the kernel reshaped to out x in*k*k
+        (lambda: RKOConv2d(8, 4, 5), 8 * 25),
+        (lambda: BjorckLinear(100, 10), 100),
+        (lambda: BjorckLinear(10, 100), 10),
+    ],
+)
+def test_raw_weights_start_orthonormal_at_the_papers_scale(make, fan_in: int) -> None:
+    layer = make()
+    for raw in _raw_matrices(layer):
+        small = raw.mT @ raw if raw.shape[-2] >= raw.shape[-1] else raw @ raw.mT  # the smaller Gram
+        eye = torch.eye(small.shape[-1]).expand_as(small)
+        assert torch.allclose(small * fan_in, eye, atol=1e-5)
+    if isinstance(layer, BCOPConv2d):  # LConvNet's BCOP bias: uniform in +-1/sqrt(out)
+        assert float(layer.bias.detach().abs().max()) <= layer.out_channels**-0.5
+    # the scale is invisible to the forward pass: the weight is orthonormal as always
+    weight = layer.weight.detach().flatten(1)
+    if isinstance(layer, BCOPConv2d):
+        bound = conv_spectral_norm(layer.weight.detach(), 8)
+        assert abs(bound - 1.0) < F32_TOL
+    else:
+        small = weight @ weight.mT if weight.shape[0] <= weight.shape[1] else weight.mT @ weight
+        scale = layer.kernel_size[0] ** 2 if isinstance(layer, RKOConv2d) else 1
+        assert torch.allclose(small * scale, torch.eye(small.shape[0]), atol=1e-5)
+
+
 def test_plain_conv_does_not_preserve_gradient_norm() -> None:
     """Control: an unconstrained convolution changes ||J^T g|| by more than 1% (so the GNP
     checks above can fail)."""
