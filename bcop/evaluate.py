@@ -184,7 +184,7 @@ def summary_table(results: list[dict[str, Any]]) -> str:
         ours, paper = _headline(r)
         paper_text = " / ".join(paper) if r.get("paper") else "–"
         training = r.get("training")
-        trained = f"{training['cpu_hours']:.2f} h, {training['epochs']}" if training else "–"
+        trained = _time_cell(training) if training else "–"
         command = f"`{training['command']}`" if training else "–"
         lines.append(
             f"| {r['model']} | {' / '.join(ours)} "
@@ -201,7 +201,7 @@ def read_results(folder: str | Path) -> list[dict[str, Any]]:
         raise ValueError(f"no */{EVAL_RESULTS_FILE} under {folder}: evaluate a model with --export first")
     results = [json.loads(f.read_text()) for f in files]
     order = list(PAPER_RESULTS)  # the paper's rows first, in its order
-    return sorted(results, key=lambda r: (order.index(r["model"]) if r["model"] in order else len(order)))
+    return sorted(results, key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
 
 
 def _loss_description(cfg: TrainConfig) -> str:
@@ -228,6 +228,60 @@ def _selection_description(cfg: dict[str, Any], epoch: int) -> str:
     )
 
 
+# What epochs recorded before metrics named their hardware ran on (all of this project's runs
+# up to then were trained on its 2-core CPU machine).
+LEGACY_HARDWARE = "a 2-core CPU machine"
+
+
+def hardware_segments(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Consecutive epochs that ran on the same hardware, with the wall-clock and CPU hours each
+    stretch took (from the cumulative ``wall_seconds`` / ``cpu_seconds`` of each epoch)."""
+    segments: list[dict[str, Any]] = []
+    wall = cpu = 0.0
+    for h in history:
+        hardware = h.get("hardware", LEGACY_HARDWARE)
+        if not segments or segments[-1]["hardware"] != hardware:
+            segments.append({"hardware": hardware, "epochs": 0, "wall_hours": 0.0, "cpu_hours": 0.0})
+        segments[-1]["epochs"] += 1
+        segments[-1]["wall_hours"] += (h["wall_seconds"] - wall) / 3600
+        segments[-1]["cpu_hours"] += (h["cpu_seconds"] - cpu) / 3600
+        wall, cpu = h["wall_seconds"], h["cpu_seconds"]
+    return segments
+
+
+def _on_gpu(hardware: str) -> bool:
+    return not (hardware == LEGACY_HARDWARE or "CPU (" in hardware)
+
+
+def _time_sentence(training: dict[str, Any]) -> str:
+    """The model card's sentence on where and how long the model trained."""
+    segments = training.get("hardware") or []
+    if all(s["hardware"] == LEGACY_HARDWARE for s in segments):
+        return (
+            f"Time on a 2-core CPU machine: {training['cpu_hours']:.2f} CPU-hours "
+            f"({training['wall_hours']:.2f} h wall clock, sharing the machine with other jobs)."
+        )
+    parts = [
+        f"{s['epochs']} epoch{'' if s['epochs'] == 1 else 's'} on {s['hardware']}: "
+        f"{s['wall_hours']:.2f} h wall clock"
+        + ("" if _on_gpu(s["hardware"]) else f", {s['cpu_hours']:.2f} CPU-hours")
+        for s in segments
+    ]
+    return "Time: " + "; ".join(parts) + " (machines possibly shared with other jobs)."
+
+
+def _time_cell(training: dict[str, Any]) -> str:
+    """The README table's training-time cell: CPU-hours, or wall-clock hours on a GPU."""
+    segments = training.get("hardware") or []
+    if not any(_on_gpu(s["hardware"]) for s in segments):
+        return f"{training['cpu_hours']:.2f} h, {training['epochs']}"
+    parts = [
+        f"{s['wall_hours']:.2f} h on {s['hardware']}" if _on_gpu(s["hardware"]) else f"{s['cpu_hours']:.2f} h"
+        for s in segments
+    ]
+    return " + ".join(parts) + f", {training['epochs']}"
+
+
 def _training_summary(run: Path | None) -> dict[str, Any] | None:
     if run is None or not (run / "metrics.json").is_file():
         return None
@@ -247,6 +301,7 @@ def _training_summary(run: Path | None) -> dict[str, Any] | None:
         "selection": _selection_description(cfg, best["epoch"]),
         "cpu_hours": history[-1]["cpu_seconds"] / 3600,
         "wall_hours": history[-1]["wall_seconds"] / 3600,
+        "hardware": hardware_segments(history),
         "loss": _loss_description(TrainConfig(**cfg)),
         "config": cfg,
     }
@@ -320,8 +375,7 @@ def model_card(results: dict[str, Any], training: dict[str, Any] | None) -> str:
             f"`{training['command']}`",
             "",
             f"Loss: {training['loss']}; {training['epochs']} epochs; {training['selection']}. "
-            f"Time on a 2-core CPU machine: {training['cpu_hours']:.2f} CPU-hours "
-            f"({training['wall_hours']:.2f} h wall clock, sharing the machine with other jobs).",
+            + _time_sentence(training),
             "",
         ]
     if results.get("paper") is None:

@@ -207,6 +207,17 @@ def _device(rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+def describe_hardware(device: torch.device, world: int = 1) -> str:
+    """What an epoch ran on, for the metrics and the model card: the GPU's name, or the CPU
+    threads torch used; prefixed with the process count under ``torchrun``."""
+    if device.type == "cuda":
+        what = torch.cuda.get_device_name(device)
+    else:
+        threads = torch.get_num_threads()
+        what = f"CPU ({threads} thread{'' if threads == 1 else 's'})"
+    return f"{world} x {what}" if world > 1 else what
+
+
 @torch.no_grad()
 def _validate(model: LipschitzNet, loader: DataLoader, eps: float, device: torch.device) -> dict[str, float]:
     model.eval()
@@ -306,6 +317,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
             "train_acc": sum(accs) / len(accs),
             **_validate(model, val_loader, cfg.select_eps, device),
             "epoch_wall_seconds": time.perf_counter() - t0,
+            "hardware": describe_hardware(device, world),
             "wall_seconds": wall_used,
             "cpu_seconds": cpu_used,
         }

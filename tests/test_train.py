@@ -20,10 +20,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bcop import evaluate as evaluate_module
 from bcop import train as train_module
 from bcop.certify import layer_lipschitz_bounds
 from bcop.data import MNIST_CACHE_NAME, load_dataset
-from bcop.evaluate import _training_summary, evaluate
+from bcop.evaluate import LEGACY_HARDWARE, _time_cell, _time_sentence, _training_summary, evaluate
 from bcop.hub import load_folder
 from bcop.layers import SVCMConv2d
 from bcop.models import create_model
@@ -202,6 +203,42 @@ def test_train_plus_val_run_trains_on_both_and_keeps_the_last_epoch(
     assert selected["selection"].endswith(f"best validation score on the other 10,000: {best}")
 
 
+def test_every_epoch_names_its_hardware_and_the_card_splits_time_by_it(two_epochs: Path) -> None:
+    history = _history(two_epochs)
+    assert [r["hardware"] for r in history] == ["CPU (1 thread)"] * 2  # the CLI's --threads 1
+    summary = _training_summary(two_epochs)
+    assert summary is not None and [s["epochs"] for s in summary["hardware"]] == [2]
+    assert _time_sentence(summary).startswith("Time: 2 epochs on CPU (1 thread): ")
+
+    # a run begun on a GPU and resumed on a CPU: each stretch gets its own time, from the
+    # cumulative clocks; epochs recorded before the field existed count as this project's CPU
+    gpu_then_cpu = [
+        {"epoch": 1, "wall_seconds": 360.0, "cpu_seconds": 400.0, "hardware": "NVIDIA H200"},
+        {"epoch": 2, "wall_seconds": 720.0, "cpu_seconds": 800.0, "hardware": "NVIDIA H200"},
+        {"epoch": 3, "wall_seconds": 4320.0, "cpu_seconds": 8000.0, "hardware": "CPU (2 threads)"},
+    ]
+    segments = evaluate_module.hardware_segments(gpu_then_cpu)
+    assert [(s["hardware"], s["epochs"]) for s in segments] == [
+        ("NVIDIA H200", 2),
+        ("CPU (2 threads)", 1),
+    ]
+    assert [round(s["wall_hours"], 3) for s in segments] == [0.2, 1.0]
+    assert [round(s["cpu_hours"], 3) for s in segments] == [0.222, 2.0]
+    training = {"hardware": segments, "epochs": 3, "cpu_hours": 8000 / 3600, "wall_hours": 1.2}
+    assert _time_sentence(training) == (
+        "Time: 2 epochs on NVIDIA H200: 0.20 h wall clock; 1 epoch on CPU (2 threads): "
+        "1.00 h wall clock, 2.00 CPU-hours (machines possibly shared with other jobs)."
+    )
+    assert _time_cell(training) == "0.20 h on NVIDIA H200 + 2.00 h, 3"
+    legacy = evaluate_module.hardware_segments(
+        [{k: v for k, v in gpu_then_cpu[0].items() if k != "hardware"}]
+    )
+    assert legacy[0]["hardware"] == LEGACY_HARDWARE
+    old = {"hardware": legacy, "epochs": 1, "cpu_hours": 0.5, "wall_hours": 0.25}
+    assert _time_sentence(old).startswith("Time on a 2-core CPU machine: 0.50 CPU-hours")
+    assert _time_cell(old) == "0.50 h, 1"
+
+
 def test_unknown_train_split_fails_before_training(tmp_path: Path) -> None:
     cfg = train_module.TrainConfig(MODEL, train_split="test", out=str(tmp_path / "out"))
     with pytest.raises(ValueError, match="unknown train split 'test': expected one of train, train\\+val"):
@@ -345,9 +382,7 @@ def test_evaluate_robust_accuracy_lies_between_certified_and_clean(
     data_root: Path, two_epochs: Path, attack_loss: str
 ) -> None:
     model, _ = load_folder(two_epochs / "best")
-    results = evaluate(
-        model, pgd_steps=5, batch_size=16, data_root=str(data_root), attack_loss=attack_loss
-    )
+    results = evaluate(model, pgd_steps=5, batch_size=16, data_root=str(data_root), attack_loss=attack_loss)
     certified, clean = results["certified"]["1.58"], results["clean"]
     assert results["attack_loss"] == attack_loss
     assert certified <= results["pgd"]["1.58"] <= clean and certified <= results["fgm"]["1.58"] <= clean
