@@ -20,11 +20,17 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from bcop import evaluate as evaluate_module
 from bcop import train as train_module
 from bcop.certify import layer_lipschitz_bounds
 from bcop.data import MNIST_CACHE_NAME, load_dataset
-from bcop.evaluate import LEGACY_HARDWARE, _time_cell, _time_sentence, _training_summary, evaluate
+from bcop.evaluate import (
+    LEGACY_HARDWARE,
+    _time_cell,
+    _time_sentence,
+    _training_summary,
+    evaluate,
+    hardware_segments,
+)
 from bcop.hub import load_folder
 from bcop.layers import SVCMConv2d
 from bcop.models import create_model
@@ -217,7 +223,7 @@ def test_every_epoch_names_its_hardware_and_the_card_splits_time_by_it(two_epoch
         {"epoch": 2, "wall_seconds": 720.0, "cpu_seconds": 800.0, "hardware": "NVIDIA H200"},
         {"epoch": 3, "wall_seconds": 4320.0, "cpu_seconds": 8000.0, "hardware": "CPU (2 threads)"},
     ]
-    segments = evaluate_module.hardware_segments(gpu_then_cpu)
+    segments = hardware_segments(gpu_then_cpu)
     assert [(s["hardware"], s["epochs"]) for s in segments] == [
         ("NVIDIA H200", 2),
         ("CPU (2 threads)", 1),
@@ -230,9 +236,7 @@ def test_every_epoch_names_its_hardware_and_the_card_splits_time_by_it(two_epoch
         "1.00 h wall clock, 2.00 CPU-hours (machines possibly shared with other jobs)."
     )
     assert _time_cell(training) == "0.20 h on NVIDIA H200 + 2.00 h, 3"
-    legacy = evaluate_module.hardware_segments(
-        [{k: v for k, v in gpu_then_cpu[0].items() if k != "hardware"}]
-    )
+    legacy = hardware_segments([{k: v for k, v in gpu_then_cpu[0].items() if k != "hardware"}])
     assert legacy[0]["hardware"] == LEGACY_HARDWARE
     old = {"hardware": legacy, "epochs": 1, "cpu_hours": 0.5, "wall_hours": 0.25}
     assert _time_sentence(old).startswith("Time on a 2-core CPU machine: 0.50 CPU-hours")
