@@ -109,11 +109,12 @@ class _Polar(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, w: torch.Tensor, eps: float) -> torch.Tensor:  # type: ignore[override]
-        gram = w.mT @ w
-        evals, evecs = torch.linalg.eigh(gram)
+    def forward(ctx, w: torch.Tensor, eps: float, precise: bool) -> torch.Tensor:  # type: ignore[override]
+        w_gram = w.to(torch.float64) if precise else w
+        evals, evecs = torch.linalg.eigh(w_gram.mT @ w_gram)
         s = evals.clamp_min(eps).sqrt()
-        inv_sqrt = (evecs / s.unsqueeze(-2)) @ evecs.mT
+        inv_sqrt = ((evecs / s.unsqueeze(-2)) @ evecs.mT).to(w.dtype)
+        s, evecs = s.to(w.dtype), evecs.to(w.dtype)
         q = w @ inv_sqrt
         ctx.save_for_backward(q, s, evecs, inv_sqrt)
         return q
@@ -125,27 +126,39 @@ class _Polar(torch.autograd.Function):
         m_eig = evecs.mT @ m @ evecs
         y = evecs @ (m_eig / (s.unsqueeze(-1) + s.unsqueeze(-2))) @ evecs.mT
         grad_w = q @ (y - y.mT) + (grad - q @ m) @ inv_sqrt
-        return grad_w, None
+        return grad_w, None, None
 
 
-def polar(w: torch.Tensor, eps: float | None = None) -> torch.Tensor:
+def polar(w: torch.Tensor, eps: float | None = None, precise: bool | None = None) -> torch.Tensor:
     """Exact orthogonal polar factor of a batch of matrices (the closest orthonormal matrix).
 
     This is the fixed point of :func:`bjorck`, computed in closed form through the
     eigendecomposition of the smaller Gram matrix, with a stable analytic backward pass.
 
+    The Gram matrix squares the condition number, so in single precision its rounding shows
+    in the result: for a float32 3136 x 512 matrix of condition number 68 (what our trained
+    dense layers reach) the singular values of the factor are 1 +- 9e-4 from a float32 Gram
+    matrix and 1 +- 1e-6 from a float64 one. The float64 Gram costs 22% of a bcop-large-mnist
+    training step on the 2-core CPU, where 1e-3 does not matter, so by default it is used
+    only when no gradient is needed (inference, certification, export), which is when the
+    weights must be as orthonormal as claimed.
+
     Args:
         w: (..., m, n) full-rank matrices.
         eps: floor on the Gram eigenvalues, guarding against rank deficiency (default 1e-10
             in float32, 1e-12 in float64).
+        precise: form the Gram matrix and its eigendecomposition in float64 (the result keeps
+            ``w``'s dtype). Default: when no gradient with respect to ``w`` is being recorded.
 
     Returns:
         (..., m, n) with orthonormal columns (m >= n) or rows (m < n).
     """
+    if precise is None:
+        precise = not (torch.is_grad_enabled() and w.requires_grad)
     w, transposed = _tall(w)
     if eps is None:
         eps = 1e-12 if w.dtype == torch.float64 else 1e-10
-    q = _Polar.apply(w, eps)
+    q = _Polar.apply(w, eps, precise)
     return q.mT if transposed else q
 
 
