@@ -24,7 +24,7 @@ from torch import nn
 from bcop.certify import margins
 from bcop.layers.parametrization import frozen_weights
 
-__all__ = ["AttackResult", "pgd_l2", "fgm_l2", "minimal_adversarial_distance", "LOSSES"]
+__all__ = ["AttackResult", "pgd_l2", "fgm_l2", "minimal_adversarial_distance", "LOSSES", "STARTS"]
 
 LOSSES = ("margin", "ce")
 Progress = Callable[[float], None]
@@ -99,6 +99,9 @@ def _result(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Ten
     return AttackResult(x_adv.detach(), pred != y, pred, _flat_norm(x_adv - x).detach())
 
 
+STARTS = ("ball", "box", "none")
+
+
 def pgd_l2(
     model: nn.Module,
     x: torch.Tensor,
@@ -106,15 +109,21 @@ def pgd_l2(
     eps: float | torch.Tensor,
     steps: int = 200,
     step_size: float | torch.Tensor = 0.01,
-    random_start: bool = True,
+    start: str = "ball",
+    any_iterate: bool = True,
     loss: str = "margin",
     seed: int | None = 0,
     progress: Progress | None = None,
 ) -> AttackResult:
-    """L2 PGD with random start, staying in the ball of radius ``eps`` and in [0, 1].
+    """L2 PGD with a random start, staying in the ball of radius ``eps`` and in [0, 1].
 
-    Each step moves by ``step_size`` along the normalised gradient, then projects. An example
-    counts as broken if any iterate was misclassified; that iterate is returned for it.
+    Each step moves by ``step_size`` along the normalised gradient, then projects onto the ball
+    and then onto the box. By default an example counts as broken if any iterate inside the
+    ball was misclassified, and that iterate is returned for it.
+
+    The paper's evaluation code (LConvNet's ``PGDAttacker``, with its defaults) differs in two
+    ways, both available here: ``start="box"`` and ``any_iterate=False``. Its loss is the
+    Carlini-Wagner margin, which is our ``"margin"``.
 
     Args:
         model: logits function.
@@ -123,21 +132,31 @@ def pgd_l2(
         eps: radius, a float or one per example (N,).
         steps, step_size: number and length of the steps (paper: 200, 0.01 on MNIST); the
             length may be one per example.
-        random_start: start from a random point of the ball (uniform direction, radius uniform
-            in [0, eps]).
+        start: ``"ball"``: a random point of the ball (uniform direction, radius uniform in
+            [0, eps]); ``"box"``: the paper's, every pixel moved by an independent uniform
+            amount in [-eps, eps] and clipped to [0, 1], which is far outside the L2 ball
+            (norm about 16 on a blank MNIST background at eps 1.58), so that the first step
+            lands on the ball's surface in a random direction; ``"none"``: the input itself.
+        any_iterate: count an example as broken when any iterate inside the ball fooled the
+            model (default), or only when the last one does (the paper's).
         loss: ``"margin"`` or ``"ce"``.
         seed: seed of the random start (None: global generator).
         progress: called with the fraction done after each step.
     """
     eps_t = _check(x, y, eps)
+    if start not in STARTS:
+        raise ValueError(f"unknown PGD start {start!r}; known: {STARTS}")
     step_t = torch.as_tensor(step_size, dtype=x.dtype, device=x.device).expand(x.shape[0])
     x = x.detach()
-    if random_start:
-        gen = None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
+    gen = None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
+    if start == "ball":
         direction = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
         radius = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype) * eps_t
         direction = direction * _per_example(radius / _flat_norm(direction), x)
         delta = _project(x, direction, eps_t)
+    elif start == "box":
+        uniform = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
+        delta = (x + uniform * _per_example(eps_t, x)).clamp(0.0, 1.0) - x
     else:
         delta = torch.zeros_like(x)
     best = x.clone()
@@ -145,16 +164,19 @@ def pgd_l2(
     with frozen_weights(model):
         for step in range(steps + 1):
             grad, logits = _input_gradient(model, x + delta, y, loss)
-            fooled = (logits.argmax(dim=1) != y) & ~found
-            best[fooled] = (x + delta)[fooled]
-            found |= fooled
+            if any_iterate:
+                inside = _flat_norm(delta) <= eps_t * (1 + 1e-6)
+                fooled = (logits.argmax(dim=1) != y) & inside & ~found
+                best[fooled] = (x + delta)[fooled]
+                found |= fooled
             if step == steps:
                 break
             unit = grad / _per_example(_flat_norm(grad).clamp_min(1e-12), grad)
             delta = _project(x, delta + _per_example(step_t, x) * unit, eps_t)
             if progress is not None:
                 progress((step + 1) / steps)
-        best[~found] = (x + delta)[~found]
+        # (the projection changes nothing after a step; with steps=0 it brings a "box" start in)
+        best[~found] = (x + _project(x, delta, eps_t))[~found]
         return _result(model, x, best, y)
 
 

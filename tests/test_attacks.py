@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from bcop.attacks import fgm_l2, minimal_adversarial_distance, pgd_l2
+from bcop.attacks import STARTS, fgm_l2, minimal_adversarial_distance, pgd_l2
 from bcop.certify import certify
 from bcop.models import create_model
 
@@ -50,20 +50,55 @@ def _linear_model(scale: float, seed: int = 0) -> nn.Sequential:
 # --- box and ball -----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("random_start", [True, False])
+@pytest.mark.parametrize("steps", [0, 20])
+@pytest.mark.parametrize("start", STARTS)
 @pytest.mark.parametrize("eps", [0.5, 3.0, "per-example"])
-def test_pgd_stays_in_the_unit_box_and_the_eps_ball(plain_model, eps, random_start: bool) -> None:
+def test_pgd_stays_in_the_unit_box_and_the_eps_ball(plain_model, eps, start: str, steps: int) -> None:
     """x_adv in [0, 1] exactly and ||x_adv - x|| <= eps + 1e-5; the reported norm is the real
     one (1e-5)."""
     x = _box_input()
     y = _labels(plain_model, x)
     eps_t = torch.linspace(0.1, 4.0, 6) if eps == "per-example" else torch.full((6,), float(eps))
     eps_arg = eps_t if eps == "per-example" else float(eps)
-    result = pgd_l2(plain_model, x, y, eps_arg, steps=20, step_size=0.2, random_start=random_start)
+    result = pgd_l2(plain_model, x, y, eps_arg, steps=steps, step_size=0.2, start=start)
     assert result.x_adv.min() >= 0 and result.x_adv.max() <= 1
     norms = (result.x_adv - x).flatten(1).norm(dim=1)
     assert (norms <= eps_t + EPS_TOL).all()
     torch.testing.assert_close(result.norm, norms, rtol=0, atol=EPS_TOL)
+
+
+@pytest.mark.parametrize("steps", [0, 5])
+def test_a_box_start_outside_the_ball_never_counts_as_an_attack(steps: int) -> None:
+    """The paper's start moves every pixel by up to eps, far outside the L2 ball. On a blank
+    image, a model that flips to class 1 when the pixels sum to more than 50 is fooled there
+    (the sum is about 98 at eps 0.5), while nothing in the ball reaches it (at most
+    0.5 * 28 = 14): the attack must report no success, and a point inside the ball."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(784, 2)).double()
+    with torch.no_grad():
+        model[1].weight.zero_()
+        model[1].weight[1] = 1.0
+        model[1].bias.copy_(torch.tensor([0.0, -50.0]))
+    x = torch.zeros(4, 1, 28, 28, dtype=torch.float64)
+    y = torch.zeros(4, dtype=torch.long)
+    start = (x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype) - 0.5)).clamp(0, 1)
+    assert bool((model(start).argmax(1) == 1).all())  # the box start itself is misclassified
+    result = pgd_l2(model, x, y, 0.5, steps=steps, step_size=0.1, start="box")
+    assert not bool(result.success.any())
+    assert bool((result.norm <= 0.5 + EPS_TOL).all())
+
+
+def test_counting_only_the_last_iterate_is_never_stronger(plain_model) -> None:
+    """The paper counts an example as broken only if PGD's last iterate fools the model; we
+    count any iterate. Same start and steps: every example the former breaks, the latter breaks
+    too, and the former's successes are exactly the misclassified returned inputs."""
+    x = _box_input(12)
+    y = _labels(plain_model, x)
+    for start in ("ball", "box"):
+        last = pgd_l2(plain_model, x, y, 1.5, steps=15, step_size=0.1, start=start, any_iterate=False)
+        anywhere = pgd_l2(plain_model, x, y, 1.5, steps=15, step_size=0.1, start=start)
+        assert bool((anywhere.success | ~last.success).all())
+        assert bool((last.success == (plain_model(last.x_adv).argmax(1) != y)).all())
+        assert anywhere.success.sum() > 0
 
 
 @pytest.mark.parametrize("eps", [0.5, 3.0, 100.0])

@@ -371,6 +371,8 @@ def test_evaluate_exports_a_card_and_the_summary_table_lists_it(
     assert summary.returncode == 0, summary.stderr
     rows = [line for line in summary.stdout.splitlines() if line.startswith(f"| {MODEL} ")]
     assert len(rows) == 1 and f"{100 * results['clean']:.2f} / " in rows[0]
+    assert f"| {100 * results['pgd_paper_attack']['1.58']:.2f} |" in rows[0]
+    assert "pgd_accuracy_paper_attack" in card and "paper's attack" in card
     assert f"`{results['training']['command']}`" in rows[0]
 
 
@@ -390,3 +392,4 @@ def test_evaluate_robust_accuracy_lies_between_certified_and_clean(
     certified, clean = results["certified"]["1.58"], results["clean"]
     assert results["attack_loss"] == attack_loss
     assert certified <= results["pgd"]["1.58"] <= clean and certified <= results["fgm"]["1.58"] <= clean
+    assert certified <= results["pgd_paper_attack"]["1.58"] <= clean
