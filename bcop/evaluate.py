@@ -327,6 +327,14 @@ def _training_summary(run: Path | None) -> dict[str, Any] | None:
     }
 
 
+def _recorded_training(folder: Path) -> dict[str, Any] | None:
+    """The ``training`` record of the results beside an exported model, if there is one."""
+    path = folder / EVAL_RESULTS_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text()).get("training")
+
+
 def model_card(results: dict[str, Any], training: dict[str, Any] | None) -> str:
     """A Hugging Face model card (YAML metadata header + markdown) for an evaluated model."""
     name, key = results["model"], f"{results['eps']:g}"
@@ -434,7 +442,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=500)
     parser.add_argument("--out", default=None, help="results folder (default: results/NAME)")
     parser.add_argument("--export", default=None, help="also write the model, results and card here")
-    parser.add_argument("--train-run", default=None, help="training output folder, for the card")
+    parser.add_argument(
+        "--train-run",
+        default=None,
+        help="training output folder, for the card (default: the training record already beside the model)",
+    )
     parser.add_argument("--threads", type=int, default=0)
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args(argv)
@@ -452,7 +464,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | str:
         return table
     if args.threads:
         torch.set_num_threads(args.threads)
-    model = load_model(args.model).model
+    loaded = load_model(args.model)
+    model = loaded.model
     results = evaluate(
         model,
         args.eps,
@@ -469,7 +482,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | str:
     (out / "eval_results.md").write_text(results_table([results]))
     print(results_table([results]))
     if args.export:
-        training = _training_summary(Path(args.train_run) if args.train_run else None)
+        if args.train_run:
+            training = _training_summary(Path(args.train_run))
+        else:  # re-evaluating an exported model keeps the training record its results carry
+            training = _recorded_training(loaded.location)
         if training is not None:
             results["training"] = training
         folder = save_model(model, args.export, card=model_card(results, training))

@@ -373,6 +373,17 @@ def test_evaluate_exports_a_card_and_the_summary_table_lists_it(
     assert len(rows) == 1 and f"{100 * results['clean']:.2f} / " in rows[0]
     assert f"| {100 * results['pgd_paper_attack']['1.58']:.2f} |" in rows[0]
     assert "pgd_accuracy_paper_attack" in card and "paper's attack" in card
+
+    # re-evaluating the exported model (no --train-run) keeps its training record and card
+    again = tmp_path / "again"
+    rerun = subprocess.run(
+        [sys.executable, "-m", "bcop.evaluate", str(export), "--export", str(again), "--out", str(again),
+         "--pgd-limit", "5", "--pgd-steps", "2", "--threads", "1"],
+        env=_env(data_root), cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert json.loads((again / "eval_results.json").read_text())["training"] == results["training"]
+    assert results["training"]["command"] in (again / "README.md").read_text()
     assert f"`{results['training']['command']}`" in rows[0]
 
 
