@@ -50,10 +50,15 @@ def layer_input_shapes(
     return shapes
 
 
+@torch.no_grad()
 def layer_lipschitz_bounds(
     model: nn.Sequential, input_shape: Sequence[int] | None = None
 ) -> list[tuple[str, float]]:
     """Each top-level layer's upper bound on its L2 Lipschitz constant, in layer order.
+
+    Computed without recording gradients, so that each bound is that of the weights inference
+    uses: the orthonormalised weights are formed more precisely then (see
+    :func:`bcop.orthogonal.polar`).
 
     Args:
         model: a sequential network whose layers have ``lipschitz_bound(input_shape)`` or are

@@ -20,7 +20,7 @@ from bcop.certify import (
     lipschitz_bound,
     margins,
 )
-from bcop.layers import LipschitzLinear, MaxMin
+from bcop.layers import BjorckLinear, LipschitzLinear, MaxMin
 from bcop.models import create_model
 
 SQRT2 = math.sqrt(2)
@@ -137,6 +137,28 @@ def test_lipschitz_bound_is_the_product_of_the_layer_bounds() -> None:
     assert [name for name, _ in bounds] == ["0", "1", "2", "3", "4"]
     assert [b for _, b in bounds] == pytest.approx([1.0, 2.0, 1.0, 3.0, 1.0], rel=1e-6)
     assert lipschitz_bound(model) == pytest.approx(6.0, rel=1e-6)
+
+
+def test_the_bound_is_that_of_the_weights_inference_uses_whatever_the_grad_mode() -> None:
+    """A Björck dense layer whose raw weight is as ill-conditioned as a trained one (singular
+    values 1 to 68): orthonormalised without recording gradients (inference) its weight is
+    orthonormal to 1e-5, and the bound, asked for with gradients enabled and parameters that
+    require them (as evaluation code calls it), must be that weight's: within 1e-5 of 1. It was
+    1 + 8e-4, the bound of the float32-Gram weight that training builds."""
+    torch.manual_seed(0)
+    layer = BjorckLinear(1200, 300)
+    u = torch.linalg.qr(torch.randn(1200, 300, dtype=torch.float64)).Q
+    v = torch.linalg.qr(torch.randn(300, 300, dtype=torch.float64)).Q
+    with torch.no_grad():
+        raw = (u * torch.logspace(0, math.log10(68.0), 300, dtype=torch.float64)) @ v.mT
+        layer.parametrizations.weight.original.copy_(raw.mT.float())
+    model = nn.Sequential(nn.Flatten(), layer)
+    model.input_shape = (1200,)
+    assert torch.is_grad_enabled() and layer.parametrizations.weight.original.requires_grad
+    assert abs(lipschitz_bound(model) - 1) < 1e-5
+    with torch.no_grad():
+        inference_weight = layer.weight.double()
+    assert abs(float(torch.linalg.matrix_norm(inference_weight, ord=2)) - 1) < 1e-5
 
 
 def test_lipschitz_bound_refuses_layers_that_cannot_bound_themselves() -> None:

@@ -25,6 +25,7 @@ class LipschitzLinear(nn.Linear):
             )
         return super().forward(x)
 
+    @torch.no_grad()  # the bound of the weights inference uses (see bcop.orthogonal.polar)
     def lipschitz_bound(self, input_shape: Sequence[int] | None = None) -> float:
         """Exact L2 Lipschitz constant: the largest singular value of the weight (float64)."""
         return float(torch.linalg.matrix_norm(self.weight.detach().double(), ord=2))
