@@ -30,6 +30,7 @@ from bcop.evaluate import (
     _training_summary,
     evaluate,
     hardware_segments,
+    pgd_sample,
 )
 from bcop.hub import load_folder
 from bcop.layers import SVCMConv2d
@@ -385,6 +386,19 @@ def test_evaluate_exports_a_card_and_the_summary_table_lists_it(
     assert json.loads((again / "eval_results.json").read_text())["training"] == results["training"]
     assert results["training"]["command"] in (again / "README.md").read_text()
     assert f"`{results['training']['command']}`" in rows[0]
+
+
+def test_pgd_attacks_test_images_spread_over_the_whole_test_set() -> None:
+    """MNIST's first test images are not a fair sample (bcop-large-mnist certifies 48.6% of the
+    first 1000 and 56.2% of all 10k), so a partial PGD evaluation takes every k-th image."""
+    pick = pgd_sample(10_000, 1000)
+    assert pick.tolist() == list(range(0, 10_000, 10))
+    assert pgd_sample(7, 7).tolist() == list(range(7))
+    spread = pgd_sample(10_000, 3)
+    assert spread.tolist() == [0, 3333, 6666]
+    for bad in (0, 10_001):
+        with pytest.raises(ValueError, match="between 1 and 10000"):
+            pgd_sample(10_000, bad)
 
 
 def test_evaluate_without_a_model_or_summary_fails_clearly() -> None:
