@@ -201,7 +201,7 @@ def results_table(results: list[dict[str, Any]]) -> str:
         fgm = _pct(r["fgm"][f"{r['eps']:g}"])
         lines.append(
             f"| {r['model']} | {clean} | {certified} | {pgd} (n={r['pgd_n']}) | {_pgd_paper_attack(r)} "
-            f"| {fgm} | {r['lipschitz']:.5f} | {' | '.join(paper)} |"
+            f"| {fgm} | {r['lipschitz']:.7g} | {' | '.join(paper)} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -223,7 +223,7 @@ def summary_table(results: list[dict[str, Any]]) -> str:
         command = f"`{training['command']}`" if training else "–"
         lines.append(
             f"| {r['model']} | {' / '.join(ours)} | {_pgd_paper_attack(r)} "
-            f"| {paper_text} | {r['lipschitz']:.6g} | {trained} | {command} |"
+            f"| {paper_text} | {r['lipschitz']:.7g} | {trained} | {command} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -347,7 +347,10 @@ def _recorded_training(folder: Path) -> dict[str, Any] | None:
     path = folder / EVAL_RESULTS_FILE
     if not path.is_file():
         return None
-    return json.loads(path.read_text()).get("training")
+    training = json.loads(path.read_text()).get("training")
+    if training is not None and "selection" not in training:  # written before cards said it
+        training["selection"] = _selection_description(training["config"], training["best_epoch"])
+    return training
 
 
 def _pgd_images(results: dict[str, Any]) -> str:
@@ -428,7 +431,7 @@ def model_card(results: dict[str, Any], training: dict[str, Any] | None) -> str:
         "|---" * (len(results["certified"]) + 1) + "|",
         "| certified % | " + " | ".join(f"{100 * v:.2f}" for v in results["certified"].values()) + " |",
         "",
-        f"Lipschitz bound (product of the layers' exact bounds): {results['lipschitz']:.6g}.",
+        f"Lipschitz bound (product of the layers' exact bounds): {results['lipschitz']:.7g}.",
         "",
         "Reproduce: `python -m bcop.evaluate " + name + f" --pgd-limit {results['pgd_n']}`.",
         "",

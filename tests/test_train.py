@@ -7,6 +7,7 @@ never on the real data set, with one CPU thread per process.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -27,6 +28,7 @@ from bcop.evaluate import (
     LEGACY_HARDWARE,
     _time_cell,
     _time_sentence,
+    _recorded_training,
     _training_summary,
     evaluate,
     hardware_segments,
@@ -399,6 +401,18 @@ def test_pgd_attacks_test_images_spread_over_the_whole_test_set() -> None:
     for bad in (0, 10_001):
         with pytest.raises(ValueError, match="between 1 and 10000"):
             pgd_sample(10_000, bad)
+
+
+def test_a_training_record_from_before_cards_named_the_selection_still_makes_a_card(tmp_path: Path) -> None:
+    """Checkpoints exported by earlier releases carry training records without "selection";
+    re-evaluating them must still write a card, saying how the epoch was chosen."""
+    cfg = dataclasses.asdict(train_module.TrainConfig(model=MODEL, epochs=4))
+    old = {"command": f"python -m bcop.train {MODEL} --epochs 4", "epochs": 4, "best_epoch": 3,
+           "cpu_hours": 0.1, "wall_hours": 0.1, "loss": "cross-entropy", "config": cfg}  # fmt: skip
+    (tmp_path / "eval_results.json").write_text(json.dumps({"training": old}))
+    training = _recorded_training(tmp_path)
+    assert training is not None and "the other 10,000: 3" in training["selection"]
+    assert _recorded_training(tmp_path / "missing") is None
 
 
 def test_evaluate_without_a_model_or_summary_fails_clearly() -> None:
