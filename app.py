@@ -824,8 +824,8 @@ class Demo:
         if not self.store.names:
             return f"No MNIST models found in `{_display_path(checkpoints_dir())}`."
         header = (
-            "| model | loaded from | clean | certified @1.58 | PGD @1.58 | Lipschitz bound | "
-            "paper (clean / certified / PGD) | model card |\n|---|---|---|---|---|---|---|---|"
+            "| model | loaded from | clean | certified @1.58 | PGD @1.58 | PGD @1.58, paper's attack "
+            "| Lipschitz bound | paper (clean / certified / PGD) | model card |\n|---|---|---|---|---|---|---|---|---|"
         )
         return "\n".join([header, *(self._overview_row(name) for name in self.store.names)])
 
@@ -833,7 +833,7 @@ class Demo:
         try:
             served = self.store.get(name)
         except Exception as err:
-            return f"| {name} | could not be loaded: {err} | | | | | | |"
+            return f"| {name} | could not be loaded: {err} | | | | | | | |"
         loaded = served.loaded
         if loaded.repo_id:
             card = f"[{loaded.repo_id}]({hub_url(loaded.repo_id)})"
@@ -845,9 +845,9 @@ class Demo:
         try:
             results = read_eval_results(loaded)
         except ValueError as err:
-            return f"| {name} | {self.store.source(served)} | {err} | | | {served.lipschitz:.4g} | | {card} |"
+            return f"| {name} | {self.store.source(served)} | {err} | | | | {served.lipschitz:.4g} | | {card} |"
         if results is None:
-            metrics = ["not evaluated yet", "—", "—", f"{served.lipschitz:.4g}", "—"]
+            metrics = ["not evaluated yet", "—", "—", "—", f"{served.lipschitz:.4g}", "—"]
         else:
             paper = results.get("paper") or {}
             paper_text = (
@@ -857,7 +857,8 @@ class Demo:
                 _pct(results.get("clean")),
                 _pct(_at(results.get("certified"))),
                 _pct(_at(results.get("pgd"))),
-                f"{results.get('lipschitz', served.lipschitz):.4g}",
+                _pct(_at(results.get("pgd_paper_attack"))),
+                f"{results.get('lipschitz', served.lipschitz):.7g}",
                 paper_text,
             ]
         return "| " + " | ".join([name, self.store.source(served), *metrics, card]) + " |"
