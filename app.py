@@ -825,7 +825,8 @@ class Demo:
             return f"No MNIST models found in `{_display_path(checkpoints_dir())}`."
         header = (
             "| model | loaded from | clean | certified @1.58 | PGD @1.58 | PGD @1.58, paper's attack "
-            "| Lipschitz bound | paper (clean / certified / PGD) | model card |\n|---|---|---|---|---|---|---|---|---|"
+            "| Lipschitz bound | paper (clean / certified / PGD) | model card |\n"
+            "|---|---|---|---|---|---|---|---|---|"
         )
         return "\n".join([header, *(self._overview_row(name) for name in self.store.names)])
 
@@ -845,7 +846,8 @@ class Demo:
         try:
             results = read_eval_results(loaded)
         except ValueError as err:
-            return f"| {name} | {self.store.source(served)} | {err} | | | | {served.lipschitz:.4g} | | {card} |"
+            bound = f"{served.lipschitz:.4g}"
+            return f"| {name} | {self.store.source(served)} | {err} | | | | {bound} | | {card} |"
         if results is None:
             metrics = ["not evaluated yet", "—", "—", "—", f"{served.lipschitz:.4g}", "—"]
         else:

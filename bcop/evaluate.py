@@ -13,9 +13,9 @@ the logit margin. 200 steps of 0.01 cannot turn the paper's start round towards 
 direction, so its attack is weaker, and its figures are the ones to set beside the paper's.
 
 PGD is the expensive part (200 forward/backward passes per example), so it runs on
-``--pgd-limit`` test examples evenly spaced through the test set (all by default). Examples already certified at ``eps`` are
-provably robust and are counted as such without being attacked: this changes no number, only
-the time.
+``--pgd-limit`` test examples evenly spaced through the test set (all by default). Examples
+already certified at ``eps`` are provably robust and are counted as such without being
+attacked: this changes no number, only the time.
 
 With ``--export FOLDER`` the model is also written there in Hub layout, with the results and a
 model card (``README.md``) that puts our numbers beside the paper's and says how the model was
@@ -462,7 +462,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--eps", type=float, default=1.58)
     parser.add_argument(
-        "--pgd-limit", type=int, default=None, help="attack only N test images, evenly spaced through the test set"
+        "--pgd-limit", type=int, default=None, help="attack only N test images, evenly spaced through the set"
     )
     parser.add_argument("--pgd-steps", type=int, default=200)
     parser.add_argument("--pgd-step-size", type=float, default=0.01)

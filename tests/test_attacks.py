@@ -80,7 +80,8 @@ def test_a_box_start_outside_the_ball_never_counts_as_an_attack(steps: int) -> N
         model[1].bias.copy_(torch.tensor([0.0, -50.0]))
     x = torch.zeros(4, 1, 28, 28, dtype=torch.float64)
     y = torch.zeros(4, dtype=torch.long)
-    start = (x + (torch.rand(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype) - 0.5)).clamp(0, 1)
+    noise = torch.rand(x.shape, generator=torch.Generator().manual_seed(0), dtype=x.dtype) - 0.5
+    start = (x + noise).clamp(0, 1)
     assert bool((model(start).argmax(1) == 1).all())  # the box start itself is misclassified
     result = pgd_l2(model, x, y, 0.5, steps=steps, step_size=0.1, start="box")
     assert not bool(result.success.any())

@@ -26,9 +26,9 @@ from bcop.certify import layer_lipschitz_bounds
 from bcop.data import MNIST_CACHE_NAME, load_dataset
 from bcop.evaluate import (
     LEGACY_HARDWARE,
+    _recorded_training,
     _time_cell,
     _time_sentence,
-    _recorded_training,
     _training_summary,
     evaluate,
     hardware_segments,
