@@ -129,7 +129,7 @@ class _Polar(torch.autograd.Function):
         return grad_w, None, None
 
 
-def polar(w: torch.Tensor, eps: float | None = None, precise: bool | None = None) -> torch.Tensor:
+def polar(w: torch.Tensor, eps: float | None = None, precise: bool = True) -> torch.Tensor:
     """Exact orthogonal polar factor of a batch of matrices (the closest orthonormal matrix).
 
     This is the fixed point of :func:`bjorck`, computed in closed form through the
@@ -138,23 +138,21 @@ def polar(w: torch.Tensor, eps: float | None = None, precise: bool | None = None
     The Gram matrix squares the condition number, so in single precision its rounding shows
     in the result: for a float32 3136 x 512 matrix of condition number 68 (what our trained
     dense layers reach) the singular values of the factor are 1 +- 9e-4 from a float32 Gram
-    matrix and 1 +- 1e-6 from a float64 one. The float64 Gram costs 22% of a bcop-large-mnist
-    training step on the 2-core CPU, where 1e-3 does not matter, so by default it is used
-    only when no gradient is needed (inference, certification, export), which is when the
-    weights must be as orthonormal as claimed.
+    matrix and 1 +- 1e-6 from a float64 one (``precise=True``, the default). The float64 Gram
+    costs 22% of a bcop-large-mnist training step on the 2-core CPU, where 1e-3 does not
+    matter, so the layers ask for it only in eval mode (see
+    :class:`bcop.layers.parametrization.CachedParametrization`).
 
     Args:
         w: (..., m, n) full-rank matrices.
         eps: floor on the Gram eigenvalues, guarding against rank deficiency (default 1e-10
             in float32, 1e-12 in float64).
         precise: form the Gram matrix and its eigendecomposition in float64 (the result keeps
-            ``w``'s dtype). Default: when no gradient with respect to ``w`` is being recorded.
+            ``w``'s dtype); ``False``: in ``w``'s own precision.
 
     Returns:
         (..., m, n) with orthonormal columns (m >= n) or rows (m < n).
     """
-    if precise is None:
-        precise = not (torch.is_grad_enabled() and w.requires_grad)
     w, transposed = _tall(w)
     if eps is None:
         eps = 1e-12 if w.dtype == torch.float64 else 1e-10
@@ -162,19 +160,22 @@ def polar(w: torch.Tensor, eps: float | None = None, precise: bool | None = None
     return q.mT if transposed else q
 
 
-def orthonormalize(w: torch.Tensor, method: str = "polar", iters: int = 20) -> torch.Tensor:
+def orthonormalize(
+    w: torch.Tensor, method: str = "polar", iters: int = 20, precise: bool = True
+) -> torch.Tensor:
     """Orthonormalise a batch of matrices with the named method.
 
     Args:
         w: (..., m, n) matrices.
         method: ``"polar"`` (exact, default) or ``"bjorck"`` (``iters`` iterations, order 1).
         iters: Björck iterations; ignored by ``"polar"``.
+        precise: polar's float64 Gram matrix (see :func:`polar`); ignored by ``"bjorck"``.
 
     Returns:
         (..., m, n) matrices with orthonormal columns or rows.
     """
     if method == "polar":
-        return polar(w)
+        return polar(w, precise=precise)
     if method == "bjorck":
         return bjorck(w, iters=iters)
     raise ValueError(f"unknown orthonormalisation method {method!r}; known: {ORTHO_METHODS}")

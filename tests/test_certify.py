@@ -139,12 +139,13 @@ def test_lipschitz_bound_is_the_product_of_the_layer_bounds() -> None:
     assert lipschitz_bound(model) == pytest.approx(6.0, rel=1e-6)
 
 
-def test_the_bound_is_that_of_the_weights_inference_uses_whatever_the_grad_mode() -> None:
+def test_an_eval_mode_model_is_orthonormal_to_1e5_and_bounded_as_it_computes() -> None:
     """A Björck dense layer whose raw weight is as ill-conditioned as a trained one (singular
-    values 1 to 68): orthonormalised without recording gradients (inference) its weight is
-    orthonormal to 1e-5, and the bound, asked for with gradients enabled and parameters that
-    require them (as evaluation code calls it), must be that weight's: within 1e-5 of 1. It was
-    1 + 8e-4, the bound of the float32-Gram weight that training builds."""
+    values 1 to 68). In eval mode its weight is orthonormal to 1e-5 and the same with and
+    without gradients recorded, so outputs do not depend on the grad mode, and the bound (asked
+    for with gradients enabled, as evaluation code does) is within 1e-5 of 1. In train mode
+    the cheaper float32 Gram leaves it 1 + 8e-4, and the bound says so: each mode is bounded
+    as it computes. (Evaluation had bounded the train-mode weights of an eval-mode model.)"""
     torch.manual_seed(0)
     layer = BjorckLinear(1200, 300)
     u = torch.linalg.qr(torch.randn(1200, 300, dtype=torch.float64)).Q
@@ -154,11 +155,20 @@ def test_the_bound_is_that_of_the_weights_inference_uses_whatever_the_grad_mode(
         layer.parametrizations.weight.original.copy_(raw.mT.float())
     model = nn.Sequential(nn.Flatten(), layer)
     model.input_shape = (1200,)
+    x = torch.rand(3, 1200)
+
+    model.eval()
     assert torch.is_grad_enabled() and layer.parametrizations.weight.original.requires_grad
     assert abs(lipschitz_bound(model) - 1) < 1e-5
     with torch.no_grad():
-        inference_weight = layer.weight.double()
-    assert abs(float(torch.linalg.matrix_norm(inference_weight, ord=2)) - 1) < 1e-5
+        assert abs(float(torch.linalg.matrix_norm(layer.weight.double(), ord=2)) - 1) < 1e-5
+        y_no_grad = model(x)
+    assert torch.equal(model(x).detach(), y_no_grad)
+
+    model.train()
+    assert lipschitz_bound(model) - 1 > 1e-4
+    with torch.no_grad():
+        assert torch.allclose(model(x), y_no_grad, atol=1e-2) and not torch.equal(model(x), y_no_grad)
 
 
 def test_lipschitz_bound_refuses_layers_that_cannot_bound_themselves() -> None:

@@ -237,8 +237,8 @@ class BCOPKernel(CachedParametrization):
         return tuple(t.to(dtype=weight.dtype, device=weight.device) for t in initial)
 
     def compute(self, ortho: torch.Tensor, proj: torch.Tensor | None = None) -> torch.Tensor:
-        h = orthonormalize(ortho, self.method, self.iters)
-        u = None if proj is None else orthonormalize(proj, self.method, self.iters)
+        h = orthonormalize(ortho, self.method, self.iters, precise=not self.training)
+        u = None if proj is None else orthonormalize(proj, self.method, self.iters, precise=not self.training)
         return bcop_kernel(h, u, self.kernel_size, self.out_channels, self.in_channels)
 
 
@@ -290,7 +290,9 @@ class ReshapedKernel(CachedParametrization):
         return weight * self.kernel_size
 
     def compute(self, raw: torch.Tensor) -> torch.Tensor:
-        matrix = orthonormalize(raw.reshape(raw.shape[0], -1), self.method, self.iters)
+        matrix = orthonormalize(
+            raw.reshape(raw.shape[0], -1), self.method, self.iters, precise=not self.training
+        )
         return (matrix / self.kernel_size).reshape(raw.shape)
 
 

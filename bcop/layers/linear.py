@@ -45,7 +45,7 @@ class Orthonormal(CachedParametrization):
         return weight
 
     def compute(self, raw: torch.Tensor) -> torch.Tensor:
-        return orthonormalize(raw, self.method, self.iters)
+        return orthonormalize(raw, self.method, self.iters, precise=not self.training)
 
 
 class BjorckLinear(LipschitzLinear):

@@ -42,7 +42,14 @@ def scaled_orthogonal_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
 
 
 class CachedParametrization(nn.Module):
-    """A parametrization ``weight = self.compute(*originals)`` with a cross-call cache."""
+    """A parametrization ``weight = self.compute(*originals)`` with a cross-call cache.
+
+    Like batch normalisation, a parametrization may compute differently in train and eval mode
+    (which ``model.train()`` / ``model.eval()`` set on it as on any submodule): the
+    orthonormalising ones form polar's Gram matrix in float64 in eval mode only, so that a
+    model in eval mode is orthonormal to 1e-6 while training steps stay 22% cheaper (see
+    :func:`bcop.orthogonal.polar`).
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -59,7 +66,10 @@ class CachedParametrization(nn.Module):
             # contiguous: conv2d and linear run measurably faster on a dense kernel
             return self.compute(*originals).contiguous()
         # buffers too (OSSN's power-iteration vectors): load_state_dict and training change them
-        key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in (*originals, *self.buffers()))
+        key = (
+            self.training,
+            *((t.data_ptr(), t._version, t.dtype, t.device) for t in (*originals, *self.buffers())),
+        )
         if key != self._cache_key or self._cache_value is None:
             # inference_mode(False): a kernel built under inference mode must stay usable by a
             # later attack that differentiates with respect to the input.
