@@ -56,9 +56,9 @@ def layer_lipschitz_bounds(
 ) -> list[tuple[str, float]]:
     """Each top-level layer's upper bound on its L2 Lipschitz constant, in layer order.
 
-    Computed without recording gradients, so that each bound is that of the weights inference
-    uses: the orthonormalised weights are formed more precisely then (see
-    :func:`bcop.orthogonal.polar`).
+    Each bound is that of the weights in the model's current mode (eval mode: the ones
+    inference uses, orthonormalised more precisely; see :func:`bcop.orthogonal.polar`), computed
+    without recording gradients.
 
     Args:
         model: a sequential network whose layers have ``lipschitz_bound(input_shape)`` or are

@@ -140,7 +140,7 @@ class LipschitzConv2d(nn.Conv2d):
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return conv2d_same(x, weight, bias, self.padding_mode)
 
-    @torch.no_grad()  # the bound of the weights inference uses (see bcop.orthogonal.polar)
+    @torch.no_grad()  # a measurement: no graph (the weights are those of the current mode)
     def lipschitz_bound(self, input_shape: Sequence[int]) -> float:
         """Upper bound on the layer's L2 Lipschitz constant for inputs of shape (C, H, W).
 

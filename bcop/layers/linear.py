@@ -25,7 +25,7 @@ class LipschitzLinear(nn.Linear):
             )
         return super().forward(x)
 
-    @torch.no_grad()  # the bound of the weights inference uses (see bcop.orthogonal.polar)
+    @torch.no_grad()  # a measurement: no graph (the weights are those of the current mode)
     def lipschitz_bound(self, input_shape: Sequence[int] | None = None) -> float:
         """Exact L2 Lipschitz constant: the largest singular value of the weight (float64)."""
         return float(torch.linalg.matrix_norm(self.weight.detach().double(), ord=2))
