@@ -40,7 +40,7 @@ from bcop.certify import certified_accuracy, certified_radius, lipschitz_bound
 from bcop.data import TRAIN_VAL_SIZES, load_dataset, make_loader
 from bcop.hub import EVAL_RESULTS_FILE, load_model, save_model
 from bcop.models import LipschitzNet, parse_model_name
-from bcop.train import TrainConfig
+from bcop.train import TrainConfig, is_cpu_hardware
 
 __all__ = [
     "PAPER_RESULTS",
@@ -285,7 +285,7 @@ def hardware_segments(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def _on_gpu(hardware: str) -> bool:
-    return not (hardware == LEGACY_HARDWARE or "CPU (" in hardware)
+    return not (hardware == LEGACY_HARDWARE or is_cpu_hardware(hardware))
 
 
 def _time_sentence(training: dict[str, Any]) -> str:

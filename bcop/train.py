@@ -207,6 +207,14 @@ def _device(rank: int) -> torch.device:
     return torch.device("cpu")
 
 
+CPU_HARDWARE = "CPU ("  # how describe_hardware's CPU labels begin (after any "N x ")
+
+
+def is_cpu_hardware(label: str) -> bool:
+    """Whether a label written by :func:`describe_hardware` names CPU threads, not a GPU."""
+    return label.split(" x ", 1)[-1].startswith(CPU_HARDWARE)
+
+
 def describe_hardware(device: torch.device, world: int = 1) -> str:
     """What an epoch ran on, for the metrics and the model card: the GPU's name, or the CPU
     threads torch used; prefixed with the process count under ``torchrun``."""
@@ -214,7 +222,7 @@ def describe_hardware(device: torch.device, world: int = 1) -> str:
         what = torch.cuda.get_device_name(device)
     else:
         threads = torch.get_num_threads()
-        what = f"CPU ({threads} thread{'' if threads == 1 else 's'})"
+        what = f"{CPU_HARDWARE}{threads} thread{'' if threads == 1 else 's'})"
     return f"{world} x {what}" if world > 1 else what
 
 
