@@ -8,8 +8,8 @@ Every epoch writes a resumable state (weights, optimiser moments, random generat
 tensors as safetensors, the rest as JSON) to ``OUT/state/``, appends to ``OUT/metrics.json``
 and keeps the run's chosen model in ``OUT/best/`` in Hub layout: the best on the validation
 split (certified accuracy at ``--select-eps`` for hinge-trained models, clean accuracy
-otherwise), or, with ``--train-split train+val`` (the paper's protocol: the whole official
-training set, no model selection), the latest epoch's. Running the same
+otherwise), or, with ``--train-split train+val`` (the whole official training set, as the
+paper; no model selection), the latest epoch's. Running the same
 command again continues where it stopped; a larger ``--epochs`` extends a finished run (the
 learning rate at epoch e is ``lr * lr_decay**e`` whatever the total), while any other changed
 option is refused rather than spliced into the run.
@@ -57,7 +57,8 @@ class TrainConfig:
       Björck iterations (``"bjorck"`` with ``bjorck_iters=20`` is the paper's own), and faster.
     * ``train_split="train"``: 50k of MNIST's 60k training images (45k of CIFAR-10's 50k), the
       rest held out to choose the epoch. ``"train+val"`` trains on all of them, as the paper,
-      and keeps the last epoch; the validation figures it prints are then on training images.
+      and keeps the last epoch (the paper's code kept the epoch with the best *test* accuracy);
+      the validation figures it prints are then on training images.
     * SVCM projects one round after every step (``svcm_every=1``) and ``svcm_epoch_rounds=50``
       rounds after each epoch; the paper ran 50 rounds every 100 steps. Between sparse
       projections the kernels drift far above 1-Lipschitz and the hinge loss is met by gain,
