@@ -161,20 +161,29 @@ def pgd_l2(
         delta = torch.zeros_like(x)
     best = x.clone()
     found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    everyone = torch.arange(x.shape[0], device=x.device)
     with frozen_weights(model):
         for step in range(steps + 1):
-            grad, logits = _input_gradient(model, x + delta, y, loss)
+            # counting any iterate, a broken example is done: only the others are stepped on
+            # (each example's path is its own, so this changes no result, only the time)
+            todo = everyone[~found] if any_iterate else everyone
+            if todo.numel() == 0:
+                break
+            xs, ds = x[todo], delta[todo]
+            grad, logits = _input_gradient(model, xs + ds, y[todo], loss)
             if any_iterate:
-                inside = _flat_norm(delta) <= eps_t * (1 + 1e-6)
-                fooled = (logits.argmax(dim=1) != y) & inside & ~found
-                best[fooled] = (x + delta)[fooled]
-                found |= fooled
+                inside = _flat_norm(ds) <= eps_t[todo] * (1 + 1e-6)
+                fooled = (logits.argmax(dim=1) != y[todo]) & inside
+                best[todo[fooled]] = (xs + ds)[fooled]
+                found[todo[fooled]] = True
             if step == steps:
                 break
             unit = grad / _per_example(_flat_norm(grad).clamp_min(1e-12), grad)
-            delta = _project(x, delta + _per_example(step_t, x) * unit, eps_t)
+            delta[todo] = _project(xs, ds + _per_example(step_t[todo], xs) * unit, eps_t[todo])
             if progress is not None:
                 progress((step + 1) / steps)
+        if progress is not None and step < steps:
+            progress(1.0)  # every example broke before the last step
         # (the projection changes nothing after a step; with steps=0 it brings a "box" start in)
         best[~found] = (x + _project(x, delta, eps_t))[~found]
         return _result(model, x, best, y)

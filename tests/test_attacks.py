@@ -102,6 +102,27 @@ def test_counting_only_the_last_iterate_is_never_stronger(plain_model) -> None:
         assert anywhere.success.sum() > 0
 
 
+def test_pgd_attacks_each_example_on_its_own() -> None:
+    """Examples already broken are dropped from the batch: every example's outcome is the one
+    it gets attacked alone (float64, so batching cannot change a rounding), and the progress
+    still reaches 1 when all of them break before the last step."""
+    model = _linear_model(30.0).double()
+    x = _box_input(8).double()
+    y = _labels(model, x)
+    eps = torch.linspace(5.0, 9.0, 8, dtype=torch.float64)  # some break, at different steps
+    for any_iterate in (True, False):
+        kw = {"steps": 12, "step_size": 1.0, "start": "none", "any_iterate": any_iterate}
+        batch = pgd_l2(model, x, y, eps, **kw)
+        assert 0 < int(batch.success.sum()) < len(y)
+        for i in range(len(y)):
+            alone = pgd_l2(model, x[i : i + 1], y[i : i + 1], eps[i : i + 1], **kw)
+            assert bool(alone.success[0] == batch.success[i])
+            torch.testing.assert_close(alone.x_adv[0], batch.x_adv[i], rtol=0, atol=1e-12)
+    seen: list[float] = []
+    result = pgd_l2(model, x, y, 50.0, steps=40, step_size=5.0, start="none", progress=seen.append)
+    assert result.success.all() and len(seen) < 40 and seen[-1] == 1.0
+
+
 @pytest.mark.parametrize("eps", [0.5, 3.0, 100.0])
 def test_fgm_stays_in_the_unit_box_and_the_eps_ball(plain_model, eps: float) -> None:
     x = _box_input()
