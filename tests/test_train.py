@@ -32,6 +32,7 @@ from bcop.evaluate import (
     _training_summary,
     evaluate,
     hardware_segments,
+    model_card,
     pgd_sample,
 )
 from bcop.hub import load_folder
@@ -376,6 +377,10 @@ def test_evaluate_exports_a_card_and_the_summary_table_lists_it(
     assert len(rows) == 1 and f"{100 * results['clean']:.2f} / " in rows[0]
     assert f"| {100 * results['pgd_paper_attack']['1.58']:.2f} |" in rows[0]
     assert "pgd_accuracy_paper_attack" in card and "paper's attack" in card
+    assert f"python -m bcop.evaluate {MODEL} --pgd-limit 20`" in card  # the card's reproduce line
+    full = model_card({**results, "pgd_n": results["n_test"]}, None)
+    assert f"`python -m bcop.evaluate {MODEL}`" in full and f"on all {SIZES['test']} test images" in full
+    assert "PGD paper" in result.stderr and "robust=" in result.stderr  # a progress bar per attack
 
     # re-evaluating the exported model (no --train-run) keeps its training record and card
     again = tmp_path / "again"
