@@ -215,6 +215,6 @@ def train_side_by_side(
             losses[name].append(value)
             accuracies[name].append(acc)
             if defaults.svcm_every and step % defaults.svcm_every == 0:
-                model.project_()
+                model.project_(defaults.svcm_rounds)
         if step % report_every == 0 or step == steps:
             yield snapshot(step)

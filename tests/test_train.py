@@ -296,6 +296,33 @@ def test_svcm_training_projects_the_kernels_every_step_and_each_epoch(
     assert len(conv_bounds) == 2 and max(conv_bounds) < 1.25
 
 
+def test_svcm_training_can_project_as_the_paper_did_many_rounds_every_few_steps(
+    data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rounds: list[int] = []
+    project = SVCMConv2d.project_
+
+    def recording_project(self: SVCMConv2d, n: int = 1) -> None:
+        rounds.append(n)
+        project(self, n)
+
+    cfg = train_module.TrainConfig(
+        "svcm-small-mnist",
+        epochs=1,
+        batch_size=64,
+        svcm_every=2,
+        svcm_rounds=3,
+        svcm_epoch_rounds=5,
+        limit_train=256,
+        out=str(tmp_path),
+        data_root=str(data_root),
+    )
+    monkeypatch.setattr(SVCMConv2d, "project_", recording_project)
+    train_module.train(cfg, show_progress=False)
+    # 4 steps: 3 rounds after steps 2 and 4, then 5 at the epoch's end; per layer (2 conv layers)
+    assert rounds == [1, 1] + [3, 3] * 2 + [5, 5]
+
+
 def test_multiclass_hinge_matches_the_written_out_formula() -> None:
     generator = torch.Generator().manual_seed(0)
     logits = torch.randn(6, 10, generator=generator, dtype=torch.float64) * 2
