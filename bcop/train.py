@@ -65,7 +65,8 @@ class TrainConfig:
       projections the kernels drift far above 1-Lipschitz and the hinge loss is met by gain,
       not margin: on MNIST's validation split, svcm-large-mnist certified 0% at eps 1.58 after
       2 epochs projecting every 100 steps, 2% after 4 epochs projecting every 10, and 27%
-      after 3 epochs projecting every step.
+      after 3 epochs projecting every step; after 16 epochs at decay 0.85 on all 60k the test
+      set was certified 20.55% with the paper's projection, 46.06% projecting every step.
     """
 
     model: str
