@@ -10,7 +10,8 @@ computed from the weights the layer really uses.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +26,22 @@ __all__ = [
     "Certificate",
     "certify",
     "certified_accuracy",
+    "full_float32",
 ]
+
+@contextmanager
+def full_float32() -> Iterator[None]:
+    """Compute in IEEE float32 on a GPU too: turn off TF32 (cuDNN uses it for float32
+    convolutions on NVIDIA GPUs by default, with 10-bit mantissas), so that margins, bounds and
+    certificates computed on a GPU carry float32 precision as on a CPU. Restores the flags on
+    exit; usable as a decorator."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
 
 # torch modules that are 1-Lipschitz in L2 and carry no bound method of their own.
 ONE_LIPSCHITZ = (nn.ReLU, nn.Flatten, nn.Identity)

@@ -38,11 +38,11 @@ from tqdm import tqdm
 
 from bcop.attacks import LOSSES as ATTACK_LOSSES
 from bcop.attacks import AttackResult, fgm_l2, pgd_l2
-from bcop.certify import certified_accuracy, certified_radius, lipschitz_bound
+from bcop.certify import certified_accuracy, certified_radius, full_float32, lipschitz_bound
 from bcop.data import TRAIN_VAL_SIZES, load_dataset, make_loader
 from bcop.hub import EVAL_RESULTS_FILE, load_model, save_model
 from bcop.models import LipschitzNet, parse_model_name
-from bcop.train import TrainConfig, is_cpu_hardware
+from bcop.train import TrainConfig, describe_hardware, is_cpu_hardware
 
 __all__ = [
     "PAPER_RESULTS",
@@ -110,6 +110,7 @@ def pgd_sample(n_test: int, n: int) -> torch.Tensor:
     return torch.arange(n) * n_test // n
 
 
+@full_float32()
 def evaluate(
     model: LipschitzNet,
     eps: float = 1.58,
@@ -120,28 +121,32 @@ def evaluate(
     data_root: str | None = None,
     attack_loss: str = "margin",
     progress: bool = False,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Evaluate ``model`` on its dataset's test split.
 
     ``attack_loss`` is what PGD and FGM maximise: ``"margin"`` (the logit margin, the stronger
     attack on Lipschitz networks) or ``"ce"`` (cross-entropy). ``progress``: a progress bar per
     attack on stderr (PGD on all 10k MNIST test images takes about half an hour per attack on
-    one CPU thread for a Large network).
+    one CPU thread for a Large network). ``device``: where the model and the test images go
+    (``"cuda"`` on a GPU; the attacks' random starts then draw other numbers than on the CPU).
 
     Returns:
         A JSON-ready dict: accuracies in [0, 1]; ``certified`` maps radius -> accuracy.
     """
     t0 = time.perf_counter()
-    model.eval()
+    device = torch.device(device)
+    model.eval().to(device)
     test = load_dataset(model.config.dataset, "test", data_root)
     L = lipschitz_bound(model)
     epsilons = sorted({*CURVE, eps})
-    cert = certified_accuracy(model, make_loader(test, batch_size, shuffle=False), epsilons, lipschitz=L)
+    batches = ((x.to(device), y.to(device)) for x, y in make_loader(test, batch_size, shuffle=False))
+    cert = certified_accuracy(model, batches, epsilons, lipschitz=L)
     n_pgd = len(test) if pgd_limit is None else min(pgd_limit, len(test))
-    x_all, y_all = test.tensors
+    x_all, y_all = (t.to(device) for t in test.tensors)
     # evenly spread, not the first n: MNIST's first 1000 test images are harder than the rest
     # (bcop-large-mnist certifies 48.6% of them at 1.58 against 56.2% of all 10k)
-    pick = pgd_sample(len(test), n_pgd)
+    pick = pgd_sample(len(test), n_pgd).to(device)
     x_pgd, y_pgd = x_all[pick], y_all[pick]
 
     def pgd(x: torch.Tensor, y: torch.Tensor) -> AttackResult:
@@ -178,6 +183,7 @@ def evaluate(
         "attack_loss": attack_loss,
         "paper": PAPER_RESULTS.get(model.config.name),
         "eval_seconds": time.perf_counter() - t0,
+        "eval_hardware": describe_hardware(device),
     }
 
 
@@ -376,6 +382,14 @@ def _pgd_images(results: dict[str, Any]) -> str:
     return f"the first {n} test images"
 
 
+def _evaluated_on(results: dict[str, Any]) -> list[str]:
+    """The card's line on where the evaluation ran and how long it took (results written
+    before evaluations recorded their hardware have none)."""
+    if "eval_hardware" not in results:
+        return []
+    return [f"Evaluated on {results['eval_hardware']} in {results['eval_seconds'] / 60:.1f} min.", ""]
+
+
 def model_card(results: dict[str, Any], training: dict[str, Any] | None) -> str:
     """A Hugging Face model card (YAML metadata header + markdown) for an evaluated model."""
     name, key = results["model"], f"{results['eps']:g}"
@@ -446,6 +460,7 @@ def model_card(results: dict[str, Any], training: dict[str, Any] | None) -> str:
         "",
         f"Lipschitz bound (product of the layers' exact bounds): {results['lipschitz']:.7g}.",
         "",
+        *_evaluated_on(results),
         "Reproduce: `python -m bcop.evaluate "
         + name
         + ("" if results["pgd_n"] == results["n_test"] else f" --pgd-limit {results['pgd_n']}")
@@ -494,6 +509,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         help="training output folder, for the card (default: the training record already beside the model)",
     )
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument(
+        "--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda when available)"
+    )
     parser.add_argument("--data-root", default=None)
     args = parser.parse_args(argv)
     if (args.model is None) == (args.summary is None):
@@ -522,6 +540,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | str:
         args.data_root,
         args.attack_loss,
         progress=True,
+        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
     )
     out = Path(args.out or f"results/{results['model']}")
     out.mkdir(parents=True, exist_ok=True)

@@ -39,7 +39,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
-from bcop.certify import certified_accuracy
+from bcop.certify import certified_accuracy, full_float32
 from bcop.data import TRAIN_SPLITS, load_dataset, make_loader
 from bcop.hub import load_folder, save_model
 from bcop.models import LipschitzNet, create_model, parse_model_name
@@ -242,6 +242,7 @@ def _validate(model: LipschitzNet, loader: DataLoader, eps: float, device: torch
     }
 
 
+@full_float32()  # GPU epochs compute as CPU epochs do (no TF32), and validate exactly
 def train(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     """Run (or resume) a training run; returns the final metrics record.
 

@@ -16,6 +16,7 @@ from bcop.certify import (
     certified_accuracy,
     certified_radius,
     certify,
+    full_float32,
     layer_lipschitz_bounds,
     lipschitz_bound,
     margins,
@@ -246,3 +247,26 @@ def test_pgd_just_beyond_the_certified_radius_does_flip_predictions(trained_smal
     eps = 1.5 * cert.radius
     result = pgd_l2(model, x, cert.prediction, eps, steps=100, step_size=2.5 * eps / 100)
     assert result.success.float().mean() >= 0.5
+
+
+def test_full_float32_turns_tf32_off_inside_and_restores_the_flags_after() -> None:
+    flags = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = [f.allow_tf32 for f in flags]
+    try:
+        for f in flags:
+            f.allow_tf32 = True
+        with full_float32():
+            assert [f.allow_tf32 for f in flags] == [False, False]
+
+        @full_float32()
+        def inside() -> list[bool]:
+            return [f.allow_tf32 for f in flags]
+
+        assert inside() == [False, False]
+        assert [f.allow_tf32 for f in flags] == [True, True]  # restored, also after the decorator
+        with pytest.raises(RuntimeError), full_float32():
+            raise RuntimeError("an error inside")
+        assert [f.allow_tf32 for f in flags] == [True, True]
+    finally:
+        for f, value in zip(flags, saved, strict=True):
+            f.allow_tf32 = value

@@ -378,7 +378,7 @@ def test_evaluate_exports_a_card_and_the_summary_table_lists_it(
     command = [
         sys.executable, "-m", "bcop.evaluate", str(two_epochs / "best"), "--export", str(export),
         "--train-run", str(two_epochs), "--out", str(tmp_path / "results"),
-        "--pgd-limit", "20", "--pgd-steps", "10", "--threads", "1",
+        "--pgd-limit", "20", "--pgd-steps", "10", "--threads", "1", "--device", "cpu",
     ]  # fmt: skip
     result = subprocess.run(
         command, env=_env(data_root), cwd=ROOT, capture_output=True, text=True, timeout=300
@@ -393,6 +393,8 @@ def test_evaluate_exports_a_card_and_the_summary_table_lists_it(
     assert results["training"]["epochs"] == 2
     card = (export / "README.md").read_text()
     assert card.startswith("---\n") and results["training"]["command"] in card
+    assert results["eval_hardware"] == "CPU (1 thread)"  # --threads 1, and the CPU when no GPU is asked for
+    assert f"Evaluated on CPU (1 thread) in {results['eval_seconds'] / 60:.1f} min." in card
     assert load_folder(export)[0].config.name == MODEL
 
     summary = subprocess.run(
