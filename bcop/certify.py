@@ -29,6 +29,7 @@ __all__ = [
     "full_float32",
 ]
 
+
 @contextmanager
 def full_float32() -> Iterator[None]:
     """Compute in IEEE float32 on a GPU too: turn off TF32 (cuDNN uses it for float32

@@ -128,8 +128,8 @@ def evaluate(
     ``attack_loss`` is what PGD and FGM maximise: ``"margin"`` (the logit margin, the stronger
     attack on Lipschitz networks) or ``"ce"`` (cross-entropy). ``progress``: a progress bar per
     attack on stderr (PGD on all 10k MNIST test images takes about half an hour per attack on
-    one CPU thread for a Large network). ``device``: where the model and the test images go
-    (``"cuda"`` on a GPU; the attacks' random starts then draw other numbers than on the CPU).
+    one CPU thread for a Large network). ``device``: where the model (moved there) and the test images
+    go (``"cuda"`` on a GPU; the attacks' random starts then draw other numbers than on the CPU).
 
     Returns:
         A JSON-ready dict: accuracies in [0, 1]; ``certified`` maps radius -> accuracy.
