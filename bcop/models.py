@@ -22,12 +22,15 @@ from torch import nn
 
 from bcop.data import DATASET_SHAPES, NUM_CLASSES
 from bcop.layers import (
+    PAPER_BJORCK,
+    POLAR,
     BCOPConv2d,
     BjorckLinear,
     InvertibleDownsample,
     LipschitzConv2d,
     LipschitzLinear,
     MaxMin,
+    OrthoParams,
     OSSNConv2d,
     PlainConv2d,
     RKOConv2d,
@@ -39,6 +42,10 @@ __all__ = [
     "CONVS",
     "ACTIVATIONS",
     "DATASETS",
+    "CONFIG_SCHEMA_VERSION",
+    "OrthoParams",
+    "POLAR",
+    "PAPER_BJORCK",
     "ModelConfig",
     "LipschitzNet",
     "MODEL_NAMES",
@@ -52,6 +59,9 @@ CONVS = ("bcop", "rko", "ossn", "svcm", "plain")
 FC_LAYERS = ("bjorck", "plain")
 ACTIVATIONS = ("maxmin", "relu")
 DATASETS = tuple(DATASET_SHAPES)
+# config.json's layout. 1 (no "schema_version"): the orthonormalisation settings as two flat
+# keys "ortho_method" and "bjorck_iters". 2: one object "ortho": {"method", "bjorck_iters"}.
+CONFIG_SCHEMA_VERSION = 2
 
 # (out_channels, kernel_size, stride) of each convolution, as written in the paper.
 CONV_SPECS = {
@@ -71,16 +81,14 @@ class ModelConfig:
             the dense type (``bjorck`` or ``plain``).
         dataset: ``"mnist"`` or ``"cifar10"`` (fixes the input shape).
         activation: ``"maxmin"`` or ``"relu"``; default maxmin, relu for plain networks.
-        ortho_method: ``"polar"`` or ``"bjorck"`` for every orthonormalised weight.
-        bjorck_iters: iterations when ``ortho_method="bjorck"``.
+        ortho: how every orthonormalised weight is computed (BCOP, RKO and Björck layers).
     """
 
     arch: str
     conv: str
     dataset: str
     activation: str = ""
-    ortho_method: str = "polar"
-    bjorck_iters: int = 20
+    ortho: OrthoParams = POLAR
 
     def __post_init__(self) -> None:
         if self.activation == "":
@@ -95,6 +103,8 @@ class ModelConfig:
             problems.append(f"dataset {self.dataset!r} not in {DATASETS}")
         if self.activation not in ACTIVATIONS:
             problems.append(f"activation {self.activation!r} not in {ACTIVATIONS}")
+        if not isinstance(self.ortho, OrthoParams):
+            problems.append(f"ortho must be an OrthoParams, got {self.ortho!r}")
         if problems:
             raise ValueError("invalid model config: " + "; ".join(problems))
 
@@ -111,13 +121,80 @@ class ModelConfig:
         return DATASET_SHAPES[self.dataset]
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The JSON form ``config.json`` holds (schema :data:`CONFIG_SCHEMA_VERSION`), with the
+        registry name as ``model_name``."""
+        return {"schema_version": CONFIG_SCHEMA_VERSION, **dataclasses.asdict(self), "model_name": self.name}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from a dict, ignoring keys that are not config fields (e.g. Hub metadata)."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+    def from_dict(cls, data: Any) -> ModelConfig:
+        """Build from the JSON form of any schema version (1: flat ``ortho_method`` and
+        ``bjorck_iters``; 2: an ``ortho`` object). Keys that are not config fields (Hub
+        metadata such as ``library_name``) are ignored.
+
+        Raises:
+            ValueError: ``data`` is not an object, comes from a newer bcop, describes another
+                kind of model, or a field is missing, of the wrong type or out of range; the
+                message names the field and what it expects.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a model config must be a JSON object, got {type(data).__name__}")
+        version = _config_version(data)
+        if data.get("kind", "classifier") != "classifier":
+            raise ValueError(
+                f"kind {data['kind']!r}: this config describes a {data['kind']}, not a classifier"
+            )
+        missing = [key for key in ("arch", "conv", "dataset") if key not in data]
+        if missing:
+            raise ValueError(f"missing field(s) {', '.join(missing)} (arch: {ARCHS}; dataset: {DATASETS})")
+        strings = {key: data[key] for key in ("arch", "conv", "dataset", "activation") if key in data}
+        for key, value in strings.items():
+            if not isinstance(value, str):
+                raise ValueError(f"field {key!r} must be a string, got {value!r}")
+        config = cls(**strings, ortho=_ortho_from_dict(data, version))
+        if data.get("model_name", config.name) != config.name:
+            raise ValueError(
+                f"model_name {data['model_name']!r} does not match the other fields, which describe "
+                f"{config.name!r}"
+            )
+        return config
+
+
+def _config_version(data: dict[str, Any]) -> int:
+    """The schema version of a config's JSON form (1 when it has none)."""
+    version = data.get("schema_version", 1)
+    if type(version) is not int or version < 1:
+        raise ValueError(f"field 'schema_version' must be a positive integer, got {version!r}")
+    if version > CONFIG_SCHEMA_VERSION:
+        raise ValueError(
+            f"schema_version {version} was written by a newer bcop (this one reads up to "
+            f"{CONFIG_SCHEMA_VERSION}): upgrade bcop"
+        )
+    return version
+
+
+def _ortho_from_dict(data: dict[str, Any], version: int) -> OrthoParams:
+    """The orthonormalisation settings of a config's JSON form, with errors naming the key."""
+    if version == 1:
+        names = {"method": "ortho_method", "bjorck_iters": "bjorck_iters"}
+        values = {field: data[key] for field, key in names.items() if key in data}
+    else:
+        values = data.get("ortho", {})
+        if not isinstance(values, dict):
+            raise ValueError(f"field 'ortho' must be an object with method and bjorck_iters, got {values!r}")
+        names = {"method": "ortho.method", "bjorck_iters": "ortho.bjorck_iters"}
+    unknown = set(values) - set(names)
+    if unknown:
+        raise ValueError(f"field 'ortho' has unknown keys {sorted(unknown)}; expected method, bjorck_iters")
+    method = values.get("method", POLAR.method)
+    if not isinstance(method, str):
+        raise ValueError(f"field {names['method']!r} must be a string (polar or bjorck), got {method!r}")
+    iters = values.get("bjorck_iters", POLAR.bjorck_iters)
+    if type(iters) is not int or iters < 1:
+        raise ValueError(f"field {names['bjorck_iters']!r} must be an integer >= 1, got {iters!r}")
+    try:
+        return OrthoParams(method, iters)
+    except ValueError as err:
+        raise ValueError(f"field {names['method']!r}: {err}") from err
 
 
 def default_activation(conv: str) -> str:
@@ -148,11 +225,10 @@ def parse_model_name(name: str) -> ModelConfig:
 
 
 def _conv(config: ModelConfig, cin: int, cout: int, k: int, size: int) -> LipschitzConv2d:
-    ortho = {"ortho_method": config.ortho_method, "bjorck_iters": config.bjorck_iters}
     if config.conv == "bcop":
-        return BCOPConv2d(cin, cout, k, **ortho)
+        return BCOPConv2d(cin, cout, k, ortho=config.ortho)
     if config.conv == "rko":
-        return RKOConv2d(cin, cout, k, **ortho)
+        return RKOConv2d(cin, cout, k, ortho=config.ortho)
     if config.conv == "ossn":
         return OSSNConv2d(cin, cout, k, input_size=size)
     if config.conv == "svcm":
@@ -163,7 +239,7 @@ def _conv(config: ModelConfig, cin: int, cout: int, k: int, size: int) -> Lipsch
 def _dense(config: ModelConfig, fin: int, fout: int) -> LipschitzLinear:
     if config.conv == "plain":
         return LipschitzLinear(fin, fout)
-    return BjorckLinear(fin, fout, ortho_method=config.ortho_method, bjorck_iters=config.bjorck_iters)
+    return BjorckLinear(fin, fout, ortho=config.ortho)
 
 
 def _activation(config: ModelConfig) -> nn.Module:
@@ -228,12 +304,32 @@ def build_model(config: ModelConfig | dict[str, Any]) -> LipschitzNet:
     return LipschitzNet(config)
 
 
-def create_model(name: str, **overrides: Any) -> LipschitzNet:
-    """Create a freshly initialised network by registry name.
+def create_model(name: str, pretrained: bool = False, **overrides: Any) -> LipschitzNet:
+    """Create a network by registry name: freshly initialised, or the trained one.
 
     Args:
         name: e.g. ``"bcop-large-mnist"`` (see ``MODEL_NAMES``).
-        **overrides: config fields to change, e.g. ``ortho_method="bjorck"``.
+        pretrained: return the trained model (eval mode) through :func:`bcop.hub.load_model`:
+            from the Hub when it is reachable, else from ``checkpoints/``, else a clear error.
+        **overrides: config fields to change in a fresh model, e.g.
+            ``ortho=OrthoParams("bjorck", 20)``; a pretrained model takes none.
+
+    Raises:
+        ValueError: unknown name, overrides with ``pretrained=True``, or no trained weights.
+        TypeError: an override that is not a :class:`ModelConfig` field.
     """
-    config = dataclasses.replace(parse_model_name(name), **overrides)
-    return LipschitzNet(config)
+    config = parse_model_name(name)
+    if pretrained:
+        if overrides:
+            raise ValueError(
+                "a pretrained model keeps the config it was trained with; drop "
+                f"{', '.join(sorted(overrides))} or pass pretrained=False"
+            )
+        from bcop.hub import load_model  # bcop.hub builds models with this module
+
+        return load_model(name).model
+    fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"create_model() got unknown config fields {unknown}; fields: {sorted(fields)}")
+    return LipschitzNet(dataclasses.replace(config, **overrides))

@@ -42,7 +42,7 @@ from tqdm import tqdm
 from bcop.certify import certified_accuracy, full_float32
 from bcop.data import TRAIN_SPLITS, load_dataset, make_loader
 from bcop.hub import load_folder, save_model
-from bcop.models import LipschitzNet, create_model, parse_model_name
+from bcop.models import LipschitzNet, OrthoParams, create_model, parse_model_name
 
 __all__ = ["TrainConfig", "multiclass_hinge", "make_loss", "train_step", "train", "main"]
 
@@ -258,7 +258,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
         choices = ", ".join(TRAIN_SPLITS)
         raise ValueError(f"unknown train split {cfg.train_split!r}: expected one of {choices}")
     select = cfg.train_split == "train"  # with train+val there is nothing held out to select on
-    model = create_model(cfg.model, ortho_method=cfg.ortho_method, bjorck_iters=cfg.bjorck_iters)
+    model = create_model(cfg.model, ortho=OrthoParams(cfg.ortho_method, cfg.bjorck_iters))
     model.to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     loss_name = cfg.resolved_loss()

@@ -56,7 +56,7 @@ from torch.nn.utils import parametrize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bcop.layers import BCOPConv2d, BjorckLinear  # noqa: E402
+from bcop.layers import BCOPConv2d, BjorckLinear, OrthoParams  # noqa: E402
 from bcop.models import create_model  # noqa: E402
 from bcop.orthogonal import conv_singular_values  # noqa: E402
 
@@ -367,9 +367,9 @@ def bench_layers(reps: Reps) -> list[dict]:
     rows = []
     for channels, k in LAYER_CONFIGS:
         torch.manual_seed(0)
-        polar_layer = BCOPConv2d(channels, channels, k, ortho_method="polar")
+        polar_layer = BCOPConv2d(channels, channels, k)
         perturb_(polar_layer)
-        bjorck_layer = BCOPConv2d(channels, channels, k, ortho_method="bjorck", bjorck_iters=BJORCK_ITERS)
+        bjorck_layer = BCOPConv2d(channels, channels, k, ortho=OrthoParams("bjorck", BJORCK_ITERS))
         bjorck_layer.load_state_dict(polar_layer.state_dict())
         reference = ReferenceBCOPConv2d(polar_layer)
         x = torch.randn(LAYER_BATCH, channels, LAYER_SIZE, LAYER_SIZE)
@@ -404,7 +404,7 @@ def bench_training(reps: Reps) -> dict:
     torch.manual_seed(0)
     ours = create_model("bcop-large-mnist")
     perturb_(ours)
-    ours_bjorck = create_model("bcop-large-mnist", ortho_method="bjorck", bjorck_iters=BJORCK_ITERS)
+    ours_bjorck = create_model("bcop-large-mnist", ortho=OrthoParams("bjorck", BJORCK_ITERS))
     ours_bjorck.load_state_dict(ours.state_dict())
     networks = {
         "polar": ours,

@@ -12,12 +12,14 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bcop.layers import (
+    PAPER_BJORCK,
     BCOPConv2d,
     BjorckLinear,
     GroupSort,
     InvertibleDownsample,
     LipschitzLinear,
     MaxMin,
+    OrthoParams,
     OSSNConv2d,
     PlainConv2d,
     RKOConv2d,
@@ -93,8 +95,8 @@ def test_bcop_conv_is_orthogonal_for_every_kernel_size(cin: int, cout: int, k: i
 
 @pytest.mark.parametrize(("cin", "cout", "k"), [(4, 6, 3), (6, 4, 4), (5, 5, 5)])
 def test_bcop_conv_with_bjorck_method_is_orthogonal(cin: int, cout: int, k: int) -> None:
-    """ortho_method='bjorck' (20 iterations): within 1e-4 of 1 on 8x8 (float32)."""
-    assert _max_deviation_from_one(_bcop(cin, cout, k, ortho_method="bjorck"), 8) < F32_TOL
+    """The paper's 20 Björck iterations: within 1e-4 of 1 on 8x8 (float32)."""
+    assert _max_deviation_from_one(_bcop(cin, cout, k, ortho=PAPER_BJORCK), 8) < F32_TOL
 
 
 @pytest.mark.parametrize(("cin", "cout", "k"), [(6, 6, 3), (4, 8, 2), (8, 4, 5)])
@@ -149,7 +151,7 @@ def test_bjorck_linear_preserves_gradient_norm_when_out_le_in(fin: int, fout: in
     """||W^T g|| = ||g||, within 1e-8 relative (float64, bias=False), for both methods."""
     for method in ("polar", "bjorck"):
         torch.manual_seed(0)
-        layer = BjorckLinear(fin, fout, bias=False, ortho_method=method).double()
+        layer = BjorckLinear(fin, fout, bias=False, ortho=OrthoParams(method)).double()
         x = torch.randn(5, fin, generator=_gen(1), dtype=torch.float64)
         g = torch.randn(5, fout, generator=_gen(2), dtype=torch.float64)
         ratio = _vjp_norm_ratio(layer, x, g)
@@ -443,9 +445,33 @@ def test_conv_rejects_bad_channels_padding_mode_and_method() -> None:
     with pytest.raises(ValueError, match="padding_mode"):
         BCOPConv2d(3, 3, 3, padding_mode="reflect")
     with pytest.raises(ValueError, match="unknown orthonormalisation method 'qr'"):
-        BCOPConv2d(3, 3, 3, ortho_method="qr")
-    with pytest.raises(ValueError, match="unknown orthonormalisation method 'qr'"):
-        BjorckLinear(3, 3, ortho_method="qr")
+        OrthoParams("qr")
+
+
+@pytest.mark.parametrize("iters", [0, "20", 2.0, True])
+def test_ortho_params_reject_anything_but_a_positive_integer_of_iterations(iters) -> None:
+    with pytest.raises(ValueError, match=f"bjorck_iters must be an integer >= 1, got {iters!r}"):
+        OrthoParams("bjorck", iters)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda o: BCOPConv2d(4, 4, 3, ortho=o),
+        lambda o: RKOConv2d(4, 4, 3, ortho=o),
+        lambda o: BjorckLinear(8, 8, ortho=o),
+    ],
+    ids=["bcop", "rko", "bjorck_linear"],
+)
+def test_ortho_params_reach_the_layers_parametrization(make) -> None:
+    """The settings object is what the weight is computed with: 1 Björck iteration from the
+    paper's initial scale is far from orthonormal, 20 are not."""
+    torch.manual_seed(0)
+    one, paper = make(OrthoParams("bjorck", 1)), make(PAPER_BJORCK)
+    assert one.parametrizations.weight[0].ortho == OrthoParams("bjorck", 1)
+    paper.load_state_dict(one.state_dict())
+    with torch.no_grad():
+        assert (one.weight - paper.weight).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize(

@@ -14,7 +14,13 @@ from bcop.layers.conv import (
 )
 from bcop.layers.downsample import InvertibleDownsample
 from bcop.layers.linear import BjorckLinear, LipschitzLinear, Orthonormal
-from bcop.layers.parametrization import CachedParametrization, frozen_weights
+from bcop.layers.parametrization import (
+    PAPER_BJORCK,
+    POLAR,
+    CachedParametrization,
+    OrthoParams,
+    frozen_weights,
+)
 
 __all__ = [
     "KERNEL_SIZES",
@@ -27,6 +33,9 @@ __all__ = [
     "MaxMin",
     "OSSNConv2d",
     "Orthonormal",
+    "OrthoParams",
+    "PAPER_BJORCK",
+    "POLAR",
     "PlainConv2d",
     "RKOConv2d",
     "SVCMConv2d",

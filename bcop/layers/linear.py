@@ -8,8 +8,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from bcop.layers.parametrization import CachedParametrization, scaled_orthogonal_
-from bcop.orthogonal import ORTHO_METHODS, orthonormalize
+from bcop.layers.parametrization import POLAR, CachedParametrization, OrthoParams, scaled_orthogonal_
 
 __all__ = ["LipschitzLinear", "BjorckLinear", "Orthonormal"]
 
@@ -34,18 +33,16 @@ class LipschitzLinear(nn.Linear):
 class Orthonormal(CachedParametrization):
     """Parametrization ``weight = orthonormalize(raw)`` (Björck or the exact polar factor)."""
 
-    def __init__(self, method: str = "polar", iters: int = 20) -> None:
+    def __init__(self, ortho: OrthoParams = POLAR) -> None:
         super().__init__()
-        if method not in ORTHO_METHODS:
-            raise ValueError(f"unknown orthonormalisation method {method!r}; known: {ORTHO_METHODS}")
-        self.method, self.iters = method, iters
+        self.ortho = ortho
 
     def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
         """An orthonormal matrix is its own polar factor, so it is its own preimage."""
         return weight
 
     def compute(self, raw: torch.Tensor) -> torch.Tensor:
-        return orthonormalize(raw, self.method, self.iters, precise=not self.training)
+        return self.ortho.orthonormalize(raw, precise=not self.training)
 
 
 class BjorckLinear(LipschitzLinear):
@@ -56,18 +53,12 @@ class BjorckLinear(LipschitzLinear):
 
     Args:
         in_features, out_features, bias: as ``nn.Linear``.
-        ortho_method: ``"polar"`` (exact, default) or ``"bjorck"``.
-        bjorck_iters: iterations when ``ortho_method="bjorck"``.
+        ortho: how the weight is orthonormalised (default: the exact polar factor).
     """
 
     def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        bias: bool = True,
-        ortho_method: str = "polar",
-        bjorck_iters: int = 20,
+        self, in_features: int, out_features: int, bias: bool = True, ortho: OrthoParams = POLAR
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)  # bias: +-1/sqrt(in), the paper's
         scaled_orthogonal_(self.weight, in_features)
-        parametrize.register_parametrization(self, "weight", Orthonormal(ortho_method, bjorck_iters))
+        parametrize.register_parametrization(self, "weight", Orthonormal(ortho))

@@ -15,10 +15,44 @@ orthogonal kernel once, and training is untouched.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Iterator
 
 import torch
 from torch import nn
+
+from bcop.orthogonal import ORTHO_METHODS, orthonormalize
+
+
+@dataclasses.dataclass(frozen=True)
+class OrthoParams:
+    """How every orthonormalised weight of a layer or network is computed.
+
+    Attributes:
+        method: ``"polar"`` (the exact orthogonal polar factor, the limit of Björck's iteration)
+            or ``"bjorck"`` (``bjorck_iters`` first-order Björck iterations, as the paper).
+        bjorck_iters: Björck iterations (>= 1); ignored by ``"polar"``.
+    """
+
+    method: str = "polar"
+    bjorck_iters: int = 20
+
+    def __post_init__(self) -> None:
+        if self.method not in ORTHO_METHODS:
+            raise ValueError(f"unknown orthonormalisation method {self.method!r}; known: {ORTHO_METHODS}")
+        if type(self.bjorck_iters) is not int or self.bjorck_iters < 1:  # bool is an int subclass: refused
+            raise ValueError(f"bjorck_iters must be an integer >= 1, got {self.bjorck_iters!r}")
+
+    def orthonormalize(self, raw: torch.Tensor, precise: bool) -> torch.Tensor:
+        """(..., m, n) raw matrices -> matrices with orthonormal rows or columns (see
+        :func:`bcop.orthogonal.orthonormalize`; ``precise``: polar's float64 Gram matrix)."""
+        return orthonormalize(raw, self.method, self.bjorck_iters, precise=precise)
+
+
+POLAR = OrthoParams("polar")
+"""The default: exact orthonormalisation at every step."""
+PAPER_BJORCK = OrthoParams("bjorck", 20)
+"""The paper's own setting (LConvNet): 20 Björck iterations."""
 
 
 def scaled_orthogonal_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
@@ -26,11 +60,10 @@ def scaled_orthogonal_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
 
     The paper's initial raw tensor for every orthonormalised weight (LConvNet: BCOP's matrices,
     RKO's reshaped kernel, Björck dense layers). Orthonormalisation ignores the scale, so the
-    network starts the same at any scale; training does not: Adam moves every raw entry by
-    about the learning rate per step whatever its size, so a raw matrix of norm ``1/sqrt(n)``
-    turns ``sqrt(n)`` times faster than one of norm 1. Trained at norm 1, bcop-small-mnist had
-    96.38 / 39.54 (validation clean / certified at 1.58) after 8 epochs; at the paper's scale,
-    97.13 / 44.80.
+    network's initial function is the same at any scale; its training is not: Adam moves every
+    raw entry by about the learning rate per step whatever its size, so a raw matrix of norm
+    ``1/sqrt(n)`` turns ``sqrt(n)`` times faster than one of norm 1. The paper's scale is
+    therefore part of its recipe, and its learning rate assumes it.
 
     Returns:
         ``tensor``.
@@ -47,8 +80,8 @@ class CachedParametrization(nn.Module):
     Like batch normalisation, a parametrization may compute differently in train and eval mode
     (which ``model.train()`` / ``model.eval()`` set on it as on any submodule): the
     orthonormalising ones form polar's Gram matrix in float64 in eval mode only, so that a
-    model in eval mode is orthonormal to 1e-6 while training steps stay 22% cheaper (see
-    :func:`bcop.orthogonal.polar`).
+    model in eval mode, the one that is certified, is orthonormal to float32 rounding, while
+    training steps keep the cheaper float32 Gram matrix (see :func:`bcop.orthogonal.polar`).
     """
 
     def __init__(self) -> None:
