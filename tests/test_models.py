@@ -5,12 +5,16 @@ Lipschitz constant of a whole BCOP network measured three ways against its certi
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from bcop.certify import lipschitz_bound
+from bcop.hub import checkpoints_dir
 from bcop.layers import (
     BCOPConv2d,
     BjorckLinear,
@@ -26,9 +30,12 @@ from bcop.layers import (
 from bcop.models import (
     ACTIVATIONS,
     ARCHS,
+    CONFIG_SCHEMA_VERSION,
     DATASETS,
     MODEL_NAMES,
+    PAPER_BJORCK,
     ModelConfig,
+    OrthoParams,
     build_model,
     create_model,
     parse_model_name,
@@ -44,6 +51,7 @@ CONV_CLASSES = {
 }
 # Large and FC networks with orthogonalised or projected weights take ~0.5-2 s each to build on
 # 2 cores; the small ones and the unconstrained ones are built in full, plus bcop-large-mnist.
+SCHEMA1 = Path(__file__).parent / "data" / "schema1"  # files as bcop wrote them before schema versions
 CHEAP_NAMES = [n for n in MODEL_NAMES if "-small-" in n or n.startswith("plain-")] + ["bcop-large-mnist"]
 
 
@@ -103,6 +111,83 @@ def test_model_config_from_dict_ignores_unknown_keys() -> None:
     config = ModelConfig.from_dict(data)
     assert config == ModelConfig("small", "rko", "mnist")
     assert config.activation == "maxmin" and config.name == "rko-small-mnist"
+
+
+# --- config.json: schema versions and validation ---------------------------------------------
+
+
+def test_config_json_form_carries_its_schema_version_and_the_ortho_settings_as_one_object() -> None:
+    config = dataclasses.replace(parse_model_name("bcop-large-mnist"), ortho=PAPER_BJORCK)
+    data = config.to_dict()
+    assert data == {
+        "schema_version": CONFIG_SCHEMA_VERSION,
+        "arch": "large",
+        "conv": "bcop",
+        "dataset": "mnist",
+        "activation": "maxmin",
+        "ortho": {"method": "bjorck", "bjorck_iters": 20},
+        "model_name": "bcop-large-mnist",
+    }
+    assert ModelConfig.from_dict(json.loads(json.dumps(data))) == config
+
+
+def test_a_schema_1_config_with_flat_ortho_keys_still_loads() -> None:
+    """Configs written before schema versions (a copy of one shipped then): no "schema_version",
+    "ortho_method" and "bjorck_iters" beside the other fields."""
+    old = json.loads((SCHEMA1 / "bcop-large-mnist" / "config.json").read_text())
+    assert "schema_version" not in old and old["ortho_method"] == "polar"
+    assert ModelConfig.from_dict(old) == parse_model_name("bcop-large-mnist")
+    bjorck = {**old, "ortho_method": "bjorck", "bjorck_iters": 7}
+    assert ModelConfig.from_dict(bjorck).ortho == OrthoParams("bjorck", 7)
+    assert ModelConfig.from_dict({"arch": "small", "conv": "rko", "dataset": "mnist"}).ortho == OrthoParams()
+
+
+@pytest.mark.parametrize("folder", sorted(p.parent for p in checkpoints_dir().glob("*/config.json")), ids=str)
+def test_every_shipped_config_loads_and_matches_its_folder_and_weights(folder: Path) -> None:
+    config = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
+    assert config.name == folder.name
+    model = build_model(config)
+    assert set(model.state_dict()) == set(load_file(str(folder / "model.safetensors")))
+
+
+GOOD = {"schema_version": 2, "arch": "small", "conv": "bcop", "dataset": "mnist"}
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (["small", "bcop", "mnist"], "must be a JSON object, got list"),
+        (
+            {**GOOD, "ortho": {"method": "bjorck", "bjorck_iters": "20"}},
+            "'ortho.bjorck_iters' must be an integer",
+        ),
+        (
+            {**GOOD, "schema_version": 1, "bjorck_iters": "20"},
+            "'bjorck_iters' must be an integer >= 1, got '20'",
+        ),
+        (
+            {**GOOD, "schema_version": 1, "ortho_method": "qr"},
+            "'ortho_method': unknown orthonormalisation method",
+        ),
+        ({**GOOD, "ortho": {"method": "qr"}}, "'ortho.method': unknown orthonormalisation method 'qr'"),
+        ({**GOOD, "ortho": {"method": 1}}, "'ortho.method' must be a string"),
+        ({**GOOD, "ortho": {"iters": 3}}, r"'ortho' has unknown keys \['iters'\]"),
+        ({**GOOD, "ortho": "polar"}, "'ortho' must be an object"),
+        ({**GOOD, "conv": "lstm"}, r"conv 'lstm' not in \('bcop', 'rko'"),
+        ({**GOOD, "arch": ["small"]}, "field 'arch' must be a string"),
+        ({k: v for k, v in GOOD.items() if k != "dataset"}, r"missing field\(s\) dataset"),
+        ({**GOOD, "schema_version": 3}, "schema_version 3 was written by a newer bcop"),
+        ({**GOOD, "schema_version": "2"}, "'schema_version' must be a positive integer"),
+        ({**GOOD, "kind": "generator"}, "describes a generator, not a classifier"),
+        (
+            {**GOOD, "model_name": "bcop-large-mnist"},
+            "does not match the other fields, which describe 'bcop-small",
+        ),
+    ],
+)
+def test_invalid_config_json_raises_a_value_error_naming_the_field(data, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        ModelConfig.from_dict(data)
 
 
 def test_invalid_model_config_raises_a_value_error_naming_every_problem() -> None:
@@ -177,12 +262,18 @@ def test_plain_fc_network_uses_unconstrained_dense_layers() -> None:
 
 
 def test_create_model_overrides_reach_every_orthogonalised_layer() -> None:
-    model = create_model("bcop-small-mnist", ortho_method="bjorck", bjorck_iters=7)
+    model = create_model("bcop-small-mnist", ortho=OrthoParams("bjorck", 7))
     params = [
         m.parametrizations.weight[0] for m in model.modules() if isinstance(m, (BCOPConv2d, BjorckLinear))
     ]
     assert len(params) == 4
-    assert all(p.method == "bjorck" and p.iters == 7 for p in params)
+    assert all(p.ortho == OrthoParams("bjorck", 7) for p in params)
+    assert model.config.ortho == OrthoParams("bjorck", 7)
+
+
+def test_create_model_names_the_config_fields_when_an_override_is_unknown() -> None:
+    with pytest.raises(TypeError, match=r"unknown config fields \['ortho_method'\]; fields: .*'ortho'"):
+        create_model("bcop-small-mnist", ortho_method="bjorck")
 
 
 def test_build_model_accepts_a_config_dict() -> None:
@@ -267,6 +358,36 @@ def test_bcop_large_mnist_logit_gap_gradient_is_below_sqrt2_times_bound(bcop_lar
         logits = model(x)
         (grad,) = torch.autograd.grad((logits[:, 0] - logits[:, 1]).sum(), x)
     assert (grad.flatten(1).norm(dim=1) <= math.sqrt(2) * bound * (1 + 1e-9)).all()
+
+
+# --- pretrained models -----------------------------------------------------------------------
+
+
+def test_create_model_pretrained_returns_the_trained_network_of_the_embedded_checkpoint(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BCOP_HUB_REPO", "")  # no Hub: the embedded checkpoints only
+    model = create_model("bcop-small-mnist", pretrained=True)
+    weights = load_file(str(checkpoints_dir() / "bcop-small-mnist" / "model.safetensors"))
+    assert not model.training and model.config == parse_model_name("bcop-small-mnist")
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, weights[key], rtol=0, atol=0)
+    fresh = create_model("bcop-small-mnist")
+    assert not torch.equal(fresh.state_dict()["logits.bias"], weights["logits.bias"])
+
+
+def test_create_model_pretrained_fails_clearly_without_weights_or_with_overrides(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BCOP_HUB_REPO", "")
+    with pytest.raises(ValueError, match="no pretrained weights for 'rko-small-cifar10'"):
+        create_model("rko-small-cifar10", pretrained=True)
+    with pytest.raises(
+        ValueError, match="a pretrained model keeps the config it was trained with; drop ortho"
+    ):
+        create_model("bcop-small-mnist", pretrained=True, ortho=PAPER_BJORCK)
+    with pytest.raises(ValueError, match="unknown model name 'bcop-tiny-mnist'"):
+        create_model("bcop-tiny-mnist", pretrained=True)
 
 
 def test_model_config_is_frozen() -> None:
