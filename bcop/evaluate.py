@@ -38,32 +38,23 @@ from tqdm import tqdm
 
 from bcop.attacks import LOSSES as ATTACK_LOSSES
 from bcop.attacks import AttackResult, fgm_l2, pgd_l2
+from bcop.cards import model_card, results_table, summary_table
 from bcop.certify import certified_accuracy, certified_radius, full_float32, lipschitz_bound
-from bcop.data import TRAIN_VAL_SIZES, load_dataset, make_loader
-from bcop.hub import EVAL_RESULTS_FILE, load_model, save_model
-from bcop.models import LipschitzNet, parse_model_name
-from bcop.train import TrainConfig, describe_hardware, is_cpu_hardware
+from bcop.data import load_dataset, make_loader
+from bcop.hub import load_model, save_model
+from bcop.models import LipschitzNet
+from bcop.results import (
+    PAPER_RESULTS,
+    collect_results,
+    hardware_segments,
+    read_results,
+    selection_description,
+    write_results,
+)
+from bcop.train import TrainConfig, describe_hardware
 
-__all__ = [
-    "PAPER_RESULTS",
-    "evaluate",
-    "pgd_sample",
-    "results_table",
-    "summary_table",
-    "read_results",
-    "model_card",
-    "main",
-]
+__all__ = ["evaluate", "pgd_sample", "main"]
 
-# The paper's Table (official runs, mean of 5 trials), MNIST, eps = 1.58: percentages.
-PAPER_RESULTS: dict[str, dict[str, float]] = {
-    "bcop-large-mnist": {"clean": 98.77, "certified": 56.66, "pgd": 86.86},
-    "rko-large-mnist": {"clean": 98.44, "certified": 55.18, "pgd": 84.67},
-    "ossn-large-mnist": {"clean": 98.31, "certified": 53.77, "pgd": 83.37},
-    "svcm-large-mnist": {"clean": 97.93, "certified": 38.00, "pgd": 81.37},
-    "bcop-small-mnist": {"clean": 97.54, "certified": 45.84, "pgd": 78.00},
-}
-ATTACK_LOSS_NAMES = {"margin": "logit margin", "ce": "cross-entropy"}
 # LConvNet's PGDAttacker as the paper's evaluation ran it: the Carlini-Wagner margin loss,
 # uniform per-pixel start in [-eps, eps], only the last iterate counted.
 PAPER_PGD: dict[str, Any] = {"start": "box", "any_iterate": False, "loss": "margin"}
@@ -187,153 +178,12 @@ def evaluate(
     }
 
 
-def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{100 * value:.2f}"
-
-
-def _paper(paper: dict[str, float], key: str) -> str:
-    return f"{paper[key]:.2f}" if key in paper else "–"
-
-
-def _headline(r: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """Ours and the paper's clean / certified / PGD accuracy at the result's eps, as text."""
-    key = f"{r['eps']:g}"
-    paper = r.get("paper") or {}
-    ours = [_pct(r["clean"]), _pct(r["certified"][key]), _pct(r["pgd"][key])]
-    return ours, [_paper(paper, k) for k in ("clean", "certified", "pgd")]
-
-
-def _pgd_paper_attack(r: dict[str, Any]) -> str:
-    """Robust accuracy under the paper's PGD (results written before it was measured: "–")."""
-    return _pct((r.get("pgd_paper_attack") or {}).get(f"{r['eps']:g}"))
-
-
-def results_table(results: list[dict[str, Any]]) -> str:
-    """Markdown table: ours (clean / certified / PGD at eps) beside the paper's."""
-    lines = [
-        "| model | clean | certified | PGD | PGD, paper's attack | FGM | Lipschitz bound "
-        "| paper clean | paper certified | paper PGD |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        (clean, certified, pgd), paper = _headline(r)
-        fgm = _pct(r["fgm"][f"{r['eps']:g}"])
-        lines.append(
-            f"| {r['model']} | {clean} | {certified} | {pgd} (n={r['pgd_n']}) | {_pgd_paper_attack(r)} "
-            f"| {fgm} | {r['lipschitz']:.7g} | {' | '.join(paper)} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def summary_table(results: list[dict[str, Any]]) -> str:
-    """Markdown table of several evaluated models, as the README shows them: ours beside the
-    paper's (clean / certified / PGD at each result's eps), training time and the command that
-    trained it (from ``results["training"]``, written by ``--export ... --train-run``)."""
-    lines = [
-        "| model | ours: clean / certified / PGD | ours: PGD, paper's attack "
-        "| paper: clean / certified / PGD | Lipschitz bound | training (CPU-hours, epochs) | reproduce |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        ours, paper = _headline(r)
-        paper_text = " / ".join(paper) if r.get("paper") else "–"
-        training = r.get("training")
-        trained = _time_cell(training) if training else "–"
-        command = f"`{training['command']}`" if training else "–"
-        lines.append(
-            f"| {r['model']} | {' / '.join(ours)} | {_pgd_paper_attack(r)} "
-            f"| {paper_text} | {r['lipschitz']:.7g} | {trained} | {command} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def read_results(folder: str | Path) -> list[dict[str, Any]]:
-    """Every ``*/eval_results.json`` under ``folder`` (e.g. ``checkpoints/``): the paper's
-    models in its table's order, then the rest by name."""
-    files = sorted(Path(folder).glob(f"*/{EVAL_RESULTS_FILE}"))
-    if not files:
-        raise ValueError(f"no */{EVAL_RESULTS_FILE} under {folder}: evaluate a model with --export first")
-    results = [json.loads(f.read_text()) for f in files]
-    order = list(PAPER_RESULTS)  # the paper's rows first, in its order
-    return sorted(results, key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
-
-
 def _loss_description(cfg: TrainConfig) -> str:
     if cfg.resolved_loss() == "ce":
         return "cross-entropy"
     return (
         f"multi-class hinge, margin {cfg.hinge_eps} * sqrt(2) (certifies eps = {cfg.hinge_eps} at zero loss)"
     )
-
-
-def _selection_description(cfg: dict[str, Any], epoch: int) -> str:
-    """Which data the run trained on and how its model was chosen, for the card."""
-    dataset = parse_model_name(cfg["model"]).dataset
-    n_train, n_val = TRAIN_VAL_SIZES[dataset]
-    label = {"mnist": "MNIST", "cifar10": "CIFAR-10"}[dataset]
-    if cfg.get("train_split", "train") == "train+val":
-        return (
-            f"trained on all {n_train + n_val:,} {label} training images, as the paper, "
-            f"with no model selection: the model after the last epoch ({epoch})"
-        )
-    return (
-        f"trained on {n_train:,} {label} training images; the epoch with the best validation score "
-        f"on the other {n_val:,}: {epoch}"
-    )
-
-
-# What epochs recorded before metrics named their hardware ran on (all of this project's runs
-# up to then were trained on its 2-core CPU machine).
-LEGACY_HARDWARE = "a 2-core CPU machine"
-
-
-def hardware_segments(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Consecutive epochs that ran on the same hardware, with the wall-clock and CPU hours each
-    stretch took (from the cumulative ``wall_seconds`` / ``cpu_seconds`` of each epoch)."""
-    segments: list[dict[str, Any]] = []
-    wall = cpu = 0.0
-    for h in history:
-        hardware = h.get("hardware", LEGACY_HARDWARE)
-        if not segments or segments[-1]["hardware"] != hardware:
-            segments.append({"hardware": hardware, "epochs": 0, "wall_hours": 0.0, "cpu_hours": 0.0})
-        segments[-1]["epochs"] += 1
-        segments[-1]["wall_hours"] += (h["wall_seconds"] - wall) / 3600
-        segments[-1]["cpu_hours"] += (h["cpu_seconds"] - cpu) / 3600
-        wall, cpu = h["wall_seconds"], h["cpu_seconds"]
-    return segments
-
-
-def _on_gpu(hardware: str) -> bool:
-    return not (hardware == LEGACY_HARDWARE or is_cpu_hardware(hardware))
-
-
-def _time_sentence(training: dict[str, Any]) -> str:
-    """The model card's sentence on where and how long the model trained."""
-    segments = training.get("hardware") or []
-    if all(s["hardware"] == LEGACY_HARDWARE for s in segments):
-        return (
-            f"Time on a 2-core CPU machine: {training['cpu_hours']:.2f} CPU-hours "
-            f"({training['wall_hours']:.2f} h wall clock, sharing the machine with other jobs)."
-        )
-    parts = [
-        f"{s['epochs']} epoch{'' if s['epochs'] == 1 else 's'} on {s['hardware']}: "
-        f"{s['wall_hours']:.2f} h wall clock"
-        + ("" if _on_gpu(s["hardware"]) else f", {s['cpu_hours']:.2f} CPU-hours")
-        for s in segments
-    ]
-    return "Time: " + "; ".join(parts) + " (machines possibly shared with other jobs)."
-
-
-def _time_cell(training: dict[str, Any]) -> str:
-    """The README table's training-time cell: CPU-hours, or wall-clock hours on a GPU."""
-    segments = training.get("hardware") or []
-    if not any(_on_gpu(s["hardware"]) for s in segments):
-        return f"{training['cpu_hours']:.2f} h, {training['epochs']}"
-    parts = [
-        f"{s['wall_hours']:.2f} h on {s['hardware']}" if _on_gpu(s["hardware"]) else f"{s['cpu_hours']:.2f} h"
-        for s in segments
-    ]
-    return " + ".join(parts) + f", {training['epochs']}"
 
 
 def _training_summary(run: Path | None) -> dict[str, Any] | None:
@@ -352,7 +202,7 @@ def _training_summary(run: Path | None) -> dict[str, Any] | None:
         "command": "python -m bcop.train " + " ".join(flags),
         "epochs": len(history),
         "best_epoch": best["epoch"],
-        "selection": _selection_description(cfg, best["epoch"]),
+        "selection": selection_description(cfg, best["epoch"]),
         "cpu_hours": history[-1]["cpu_seconds"] / 3600,
         "wall_hours": history[-1]["wall_seconds"] / 3600,
         "hardware": hardware_segments(history),
@@ -363,123 +213,8 @@ def _training_summary(run: Path | None) -> dict[str, Any] | None:
 
 def _recorded_training(folder: Path) -> dict[str, Any] | None:
     """The ``training`` record of the results beside an exported model, if there is one."""
-    path = folder / EVAL_RESULTS_FILE
-    if not path.is_file():
-        return None
-    training = json.loads(path.read_text()).get("training")
-    if training is not None and "selection" not in training:  # written before cards said it
-        training["selection"] = _selection_description(training["config"], training["best_epoch"])
-    return training
-
-
-def _pgd_images(results: dict[str, Any]) -> str:
-    """Which test images PGD attacked, in words (results before ``pgd_sample``: the first n)."""
-    n, n_test = results["pgd_n"], results["n_test"]
-    if n == n_test:
-        return f"all {n_test} test images"
-    if results.get("pgd_sample") == "evenly spaced":
-        return f"{n} test images evenly spaced through the {n_test}"
-    return f"the first {n} test images"
-
-
-def _evaluated_on(results: dict[str, Any]) -> list[str]:
-    """The card's line on where the evaluation ran and how long it took (results written
-    before evaluations recorded their hardware have none)."""
-    if "eval_hardware" not in results:
-        return []
-    return [f"Evaluated on {results['eval_hardware']} in {results['eval_seconds'] / 60:.1f} min.", ""]
-
-
-def model_card(results: dict[str, Any], training: dict[str, Any] | None) -> str:
-    """A Hugging Face model card (YAML metadata header + markdown) for an evaluated model."""
-    name, key = results["model"], f"{results['eps']:g}"
-    conv = name.split("-")[0]
-    metrics = [
-        ("accuracy", "clean accuracy", results["clean"]),
-        ("certified_accuracy", f"certified accuracy (L2, eps={key})", results["certified"][key]),
-        ("pgd_accuracy", f"PGD-L2 robust accuracy (eps={key})", results["pgd"][key]),
-    ]
-    if "pgd_paper_attack" in results:
-        metrics.append(
-            (
-                "pgd_accuracy_paper_attack",
-                f"PGD-L2 robust accuracy, the paper's attack (eps={key})",
-                results["pgd_paper_attack"][key],
-            )
-        )
-    header = [
-        "---",
-        "library_name: bcop",
-        "license: mit",
-        "datasets:",
-        f"- {results['dataset']}",
-        "tags:",
-        "- lipschitz",
-        "- certified-robustness",
-        f"- {conv}",
-        "model-index:",
-        f"- name: {name}",
-        "  results:",
-        "  - task:",
-        "      type: image-classification",
-        "    dataset:",
-        f"      name: {results['dataset'].upper()} (test)",
-        f"      type: {results['dataset']}",
-        "    metrics:",
-    ]
-    for mtype, mname, value in metrics:
-        header += [f"    - type: {mtype}", f"      name: {mname}", f"      value: {100 * value:.2f}"]
-    header.append("---")
-    body = [
-        f"# {name}",
-        "",
-        f"A {'provably 1-Lipschitz' if conv != 'plain' else 'conventional (unconstrained)'} network from "
-        "[bcop](https://arxiv.org/abs/1911.00937) (Li et al., NeurIPS 2019): "
-        f'`{name}` in the bcop model registry. Load it with `bcop.hub.load_model("{name}")` '
-        "or from this folder.",
-        "",
-        f"## Evaluation (test set, n = {results['n_test']}, L2 eps = {key})",
-        "",
-        "Accuracies in %. Certified: correct and certified radius margin/(sqrt(2) L) >= eps. "
-        f"PGD: {results['pgd_steps']} steps of {results['pgd_step_size']}, random start, box [0, 1], "
-        f"maximising the {ATTACK_LOSS_NAMES[results.get('attack_loss', 'margin')]} "
-        "(an example counts as broken if any iterate is misclassified), "
-        f"on {_pgd_images(results)} (certified ones counted as robust without attack). "
-        "PGD, paper's attack: the same steps from the paper's evaluation code's start (every pixel "
-        "moved by a uniform amount in [-eps, eps], which the first step projects onto the ball's "
-        "surface in a random direction), maximising the logit margin and counting only the last "
-        "iterate; weaker, and the one comparable with the paper's PGD column. "
-        "FGM: one step, all test images.",
-        "",
-        results_table([results]),
-        "Certified accuracy over the radius:",
-        "",
-        "| eps | " + " | ".join(results["certified"]) + " |",
-        "|---" * (len(results["certified"]) + 1) + "|",
-        "| certified % | " + " | ".join(f"{100 * v:.2f}" for v in results["certified"].values()) + " |",
-        "",
-        f"Lipschitz bound (product of the layers' exact bounds): {results['lipschitz']:.7g}.",
-        "",
-        *_evaluated_on(results),
-        "Reproduce: `python -m bcop.evaluate "
-        + name
-        + ("" if results["pgd_n"] == results["n_test"] else f" --pgd-limit {results['pgd_n']}")
-        + "`.",
-        "",
-    ]
-    if training is not None:
-        body += [
-            "## Training",
-            "",
-            f"`{training['command']}`",
-            "",
-            f"Loss: {training['loss']}; {training['epochs']} epochs; {training['selection']}. "
-            + _time_sentence(training),
-            "",
-        ]
-    if results.get("paper") is None:
-        body += ["The paper reports no row for this model.", ""]
-    return "\n".join(header + [""] + body)
+    results = read_results(folder)
+    return None if results is None else results.get("training")
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -523,7 +258,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | str:
     """Command-line entry point; returns the results dict (or the ``--summary`` table)."""
     args = _parse(argv)
     if args.summary is not None:
-        table = summary_table(read_results(args.summary))
+        table = summary_table(collect_results(args.summary))
         print(table)
         return table
     if args.threads:
@@ -543,8 +278,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | str:
         device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
     )
     out = Path(args.out or f"results/{results['model']}")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / EVAL_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+    results = write_results(out, results)
     (out / "eval_results.md").write_text(results_table([results]))
     print(results_table([results]))
     if args.export:
@@ -554,8 +288,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | str:
             training = _recorded_training(loaded.location)
         if training is not None:
             results["training"] = training
-        folder = save_model(model, args.export, card=model_card(results, training))
-        (folder / EVAL_RESULTS_FILE).write_text(json.dumps(results, indent=2) + "\n")
+        folder = save_model(model, args.export, card=str(model_card(results)))
+        write_results(folder, results)
     return results
 
 
