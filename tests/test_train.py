@@ -22,19 +22,10 @@ import torch
 from safetensors.torch import load_file
 
 from bcop import train as train_module
+from bcop.cards import _time_sentence, model_card
 from bcop.certify import layer_lipschitz_bounds
 from bcop.data import MNIST_CACHE_NAME, load_dataset
-from bcop.evaluate import (
-    LEGACY_HARDWARE,
-    _recorded_training,
-    _time_cell,
-    _time_sentence,
-    _training_summary,
-    evaluate,
-    hardware_segments,
-    model_card,
-    pgd_sample,
-)
+from bcop.evaluate import _recorded_training, _training_summary, evaluate, pgd_sample
 from bcop.hub import load_folder
 from bcop.layers import SVCMConv2d
 from bcop.models import create_model
@@ -220,32 +211,6 @@ def test_every_epoch_names_its_hardware_and_the_card_splits_time_by_it(two_epoch
     assert summary is not None and [s["epochs"] for s in summary["hardware"]] == [2]
     assert _time_sentence(summary).startswith("Time: 2 epochs on CPU (1 thread): ")
 
-    # a run begun on a GPU and resumed on a CPU: each stretch gets its own time, from the
-    # cumulative clocks; epochs recorded before the field existed count as this project's CPU
-    gpu_then_cpu = [
-        {"epoch": 1, "wall_seconds": 360.0, "cpu_seconds": 400.0, "hardware": "NVIDIA H200"},
-        {"epoch": 2, "wall_seconds": 720.0, "cpu_seconds": 800.0, "hardware": "NVIDIA H200"},
-        {"epoch": 3, "wall_seconds": 4320.0, "cpu_seconds": 8000.0, "hardware": "CPU (2 threads)"},
-    ]
-    segments = hardware_segments(gpu_then_cpu)
-    assert [(s["hardware"], s["epochs"]) for s in segments] == [
-        ("NVIDIA H200", 2),
-        ("CPU (2 threads)", 1),
-    ]
-    assert [round(s["wall_hours"], 3) for s in segments] == [0.2, 1.0]
-    assert [round(s["cpu_hours"], 3) for s in segments] == [0.222, 2.0]
-    training = {"hardware": segments, "epochs": 3, "cpu_hours": 8000 / 3600, "wall_hours": 1.2}
-    assert _time_sentence(training) == (
-        "Time: 2 epochs on NVIDIA H200: 0.20 h wall clock; 1 epoch on CPU (2 threads): "
-        "1.00 h wall clock, 2.00 CPU-hours (machines possibly shared with other jobs)."
-    )
-    assert _time_cell(training) == "0.20 h on NVIDIA H200 + 2.00 h, 3"
-    legacy = hardware_segments([{k: v for k, v in gpu_then_cpu[0].items() if k != "hardware"}])
-    assert legacy[0]["hardware"] == LEGACY_HARDWARE
-    old = {"hardware": legacy, "epochs": 1, "cpu_hours": 0.5, "wall_hours": 0.25}
-    assert _time_sentence(old).startswith("Time on a 2-core CPU machine: 0.50 CPU-hours")
-    assert _time_cell(old) == "0.50 h, 1"
-
 
 def test_unknown_train_split_fails_before_training(tmp_path: Path) -> None:
     cfg = train_module.TrainConfig(MODEL, train_split="test", out=str(tmp_path / "out"))
@@ -403,11 +368,12 @@ def test_evaluate_exports_a_card_and_the_summary_table_lists_it(
     )  # fmt: skip
     assert summary.returncode == 0, summary.stderr
     rows = [line for line in summary.stdout.splitlines() if line.startswith(f"| {MODEL} ")]
-    assert len(rows) == 1 and f"{100 * results['clean']:.2f} / " in rows[0]
-    assert f"| {100 * results['pgd_paper_attack']['1.58']:.2f} |" in rows[0]
+    assert results["schema_version"] == 2  # accuracies in percent
+    assert len(rows) == 1 and f"{results['clean']:.2f} / " in rows[0]
+    assert f"| {results['pgd_paper_attack']['1.58']:.2f} |" in rows[0]
     assert "pgd_accuracy_paper_attack" in card and "paper's attack" in card
     assert f"python -m bcop.evaluate {MODEL} --pgd-limit 20`" in card  # the card's reproduce line
-    full = model_card({**results, "pgd_n": results["n_test"]}, None)
+    full = str(model_card({**results, "pgd_n": results["n_test"]}))
     assert f"`python -m bcop.evaluate {MODEL}`" in full and f"on all {SIZES['test']} test images" in full
     assert "PGD paper" in result.stderr and "robust=" in result.stderr  # a progress bar per attack
 
@@ -443,7 +409,8 @@ def test_a_training_record_from_before_cards_named_the_selection_still_makes_a_c
     cfg = dataclasses.asdict(train_module.TrainConfig(model=MODEL, epochs=4))
     old = {"command": f"python -m bcop.train {MODEL} --epochs 4", "epochs": 4, "best_epoch": 3,
            "cpu_hours": 0.1, "wall_hours": 0.1, "loss": "cross-entropy", "config": cfg}  # fmt: skip
-    (tmp_path / "eval_results.json").write_text(json.dumps({"training": old}))
+    evaluated = json.loads((ROOT / "tests/data/schema1/bcop-large-mnist/eval_results.json").read_text())
+    (tmp_path / "eval_results.json").write_text(json.dumps({**evaluated, "training": old}))
     training = _recorded_training(tmp_path)
     assert training is not None and "the other 10,000: 3" in training["selection"]
     assert _recorded_training(tmp_path / "missing") is None
