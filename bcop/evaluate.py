@@ -255,7 +255,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | str:
-    """Command-line entry point; returns the results dict (or the ``--summary`` table)."""
+    """Command-line entry point; returns the results (schema 2, see :mod:`bcop.results`) or the
+    ``--summary`` table."""
     args = _parse(argv)
     if args.summary is not None:
         table = summary_table(collect_results(args.summary))
