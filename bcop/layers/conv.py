@@ -22,6 +22,7 @@ from bcop.orthogonal import compose_kernels, conv_spectral_norm
 __all__ = [
     "KERNEL_SIZES",
     "LipschitzConv2d",
+    "OrthonormalisedConv2d",
     "PlainConv2d",
     "BCOPConv2d",
     "RKOConv2d",
@@ -205,6 +206,36 @@ def bcop_kernel(
     return kernel[:out_channels, :in_channels]
 
 
+class OrthonormalisedConv2d(LipschitzConv2d):
+    """A convolution whose kernel a parametrization computes from orthonormalised raw tensors.
+
+    Args:
+        in_channels, out_channels, kernel_size, bias, padding_mode: as ``LipschitzConv2d``.
+        ortho: how the raw tensors are orthonormalised (default: the exact polar factor).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        bias: bool = True,
+        padding_mode: str = "circular",
+        ortho: OrthoParams = POLAR,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, bias, padding_mode)
+        parametrize.register_parametrization(self, "weight", self._parametrization(ortho))
+        self._init_raw_()
+
+    def _parametrization(self, ortho: OrthoParams) -> CachedParametrization:
+        """The parametrization that maps the raw tensors to the kernel."""
+        raise NotImplementedError
+
+    def _init_raw_(self) -> None:
+        """Set the raw tensors to their initial values once the parametrization is registered
+        (by default the parametrization chose them itself)."""
+
+
 class BCOPKernel(CachedParametrization):
     """Parametrization: unconstrained matrices -> orthonormalise -> BCOP kernel."""
 
@@ -238,35 +269,22 @@ class BCOPKernel(CachedParametrization):
         return bcop_kernel(h, u, self.kernel_size, self.out_channels, self.in_channels)
 
 
-class BCOPConv2d(LipschitzConv2d):
+class BCOPConv2d(OrthonormalisedConv2d):
     """Block Convolution Orthogonal Parameterization (Li et al., NeurIPS 2019).
 
     An orthogonal convolution: with circular padding all singular values of the operator are
     1 (for in_channels != out_channels, the kernel is a block of an orthogonal one of
     max(in, out) channels: an isometry when out >= in, gradient-norm preserving when out <= in).
-
-    Args:
-        in_channels, out_channels, kernel_size, bias, padding_mode: as ``LipschitzConv2d``.
-        ortho: how the kernel's matrices are orthonormalised (default: the exact polar factor).
+    Arguments as :class:`OrthonormalisedConv2d`.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        bias: bool = True,
-        padding_mode: str = "circular",
-        ortho: OrthoParams = POLAR,
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, bias, padding_mode)
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
         if self.bias is not None:  # the paper's: uniform in +-1/sqrt(out_channels)
-            nn.init.uniform_(self.bias, -(out_channels**-0.5), out_channels**-0.5)
-        parametrize.register_parametrization(
-            self,
-            "weight",
-            BCOPKernel(in_channels, out_channels, kernel_size, ortho),
-        )
+            nn.init.uniform_(self.bias, -(self.out_channels**-0.5), self.out_channels**-0.5)
+
+    def _parametrization(self, ortho: OrthoParams) -> CachedParametrization:
+        return BCOPKernel(self.in_channels, self.out_channels, self.kernel_size[0], ortho)
 
 
 class ReshapedKernel(CachedParametrization):
@@ -288,27 +306,16 @@ class ReshapedKernel(CachedParametrization):
         return (matrix / self.kernel_size).reshape(raw.shape)
 
 
-class RKOConv2d(LipschitzConv2d):
+class RKOConv2d(OrthonormalisedConv2d):
     """Reshaped Kernel Orthogonalisation: 1-Lipschitz but not gradient-norm preserving.
+    Arguments as :class:`OrthonormalisedConv2d`."""
 
-    Args:
-        in_channels, out_channels, kernel_size, bias, padding_mode: as ``LipschitzConv2d``.
-        ortho: how the reshaped kernel is orthonormalised (default: the exact polar factor).
-    """
+    def _parametrization(self, ortho: OrthoParams) -> CachedParametrization:
+        return ReshapedKernel(self.kernel_size[0], ortho)
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        bias: bool = True,
-        padding_mode: str = "circular",
-        ortho: OrthoParams = POLAR,
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, bias, padding_mode)
-        parametrize.register_parametrization(self, "weight", ReshapedKernel(kernel_size, ortho))
-        fan_in = in_channels * kernel_size * kernel_size
-        scaled_orthogonal_(self.parametrizations.weight.original.view(out_channels, fan_in), fan_in)
+    def _init_raw_(self) -> None:
+        fan_in = self.in_channels * self.kernel_size[0] ** 2
+        scaled_orthogonal_(self.parametrizations.weight.original.view(self.out_channels, fan_in), fan_in)
 
 
 def _unit(t: torch.Tensor) -> torch.Tensor:
