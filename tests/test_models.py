@@ -14,7 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from bcop.certify import lipschitz_bound
-from bcop.hub import checkpoints_dir
+from bcop.hub import checkpoints_dir, load_folder, save_model
 from bcop.layers import (
     BCOPConv2d,
     BjorckLinear,
@@ -129,6 +129,17 @@ def test_config_json_form_carries_its_schema_version_and_the_ortho_settings_as_o
         "model_name": "bcop-large-mnist",
     }
     assert ModelConfig.from_dict(json.loads(json.dumps(data))) == config
+
+
+def test_a_saved_model_folder_has_a_current_config_and_loads_back(tmp_path: Path) -> None:
+    model = create_model("bcop-small-mnist", ortho=OrthoParams("bjorck", 5))
+    save_model(model, tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    assert data["schema_version"] == CONFIG_SCHEMA_VERSION and data["ortho"] == {
+        "method": "bjorck",
+        "bjorck_iters": 5,
+    }
+    assert load_folder(tmp_path)[0].config == model.config
 
 
 def test_a_schema_1_config_with_flat_ortho_keys_still_loads() -> None:
