@@ -31,6 +31,7 @@ __all__ = [
     "model_card",
     "results_table",
     "summary_table",
+    "refresh_folder",
     "main",
 ]
 
@@ -230,11 +231,8 @@ def model_card(results: dict[str, Any], owner: str = HUB_OWNER) -> ModelCard:
         owner: the Hub owner of its repo, for the usage and code links.
     """
     name = results["model"]
-    kind = (
-        "A conventional (unconstrained) network"
-        if name.startswith("plain-")
-        else "A Lipschitz-constrained network"
-    )
+    plain = parse_model_name(name).conv == "plain"
+    kind = "A conventional (unconstrained) network" if plain else "A Lipschitz-constrained network"
     intro = (
         f"{kind} from [bcop]({PAPER_URL}) (Li et al., NeurIPS 2019): `{name}` in the bcop model "
         f"registry, published as `{owner}/{name}`."
