@@ -523,13 +523,16 @@ def model_card(results: dict[str, Any], training: dict[str, Any] | None) -> str:
     return "\n".join(header + [""] + body)
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
+    """The command line: the model (or ``--summary``), one option per :class:`EvalConfig`
+    field, and where the results go."""
     parser = argparse.ArgumentParser(prog="python -m bcop.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", help="registry name, Hub repo id, or model folder")
     parser.add_argument(
         "--summary",
         metavar="FOLDER",
-        help="print the README's table of every evaluated model under FOLDER (e.g. checkpoints) and exit",
+        help="print the README's table of the models evaluated under FOLDER (e.g. checkpoints) and exit "
+        "(default: evaluate MODEL)",
     )
     add_options(parser, EvalConfig)
     parser.add_argument("--out", help="results folder (default: results/NAME)")
@@ -544,6 +547,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's choice)"
     )
+    return parser
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = _parser()
     args = parser.parse_args(argv)
     if (args.model is None) == (args.summary is None):
         parser.error("give a model to evaluate, or --summary FOLDER (not both)")

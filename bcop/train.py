@@ -495,12 +495,17 @@ def export_best(run_dir: str | Path, destination: str | Path) -> Path:
     return save_model(model, destination)
 
 
-def _parse(argv: list[str] | None) -> TrainConfig:
+def _parser() -> argparse.ArgumentParser:
+    """The command line: one option per :class:`TrainConfig` field, plus ``--threads``."""
     parser = argparse.ArgumentParser(prog="python -m bcop.train", description=__doc__.split("\n\n")[0])
     add_options(parser, TrainConfig)
-    parser.add_argument(
-        "--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's choice)"
-    )
+    threads_help = "torch CPU threads (default: 0, torch's choice)"
+    parser.add_argument("--threads", type=int, default=0, help=threads_help)
+    return parser
+
+
+def _parse(argv: list[str] | None) -> TrainConfig:
+    parser = _parser()
     args = parser.parse_args(argv)
     try:
         parse_model_name(args.model)  # fail fast on an unknown name, before any data is loaded

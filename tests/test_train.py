@@ -359,6 +359,15 @@ def test_unknown_model_name_fails_before_loading_data(
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
 
 
+def test_exponential_lr_depends_on_the_epoch_alone_and_sets_every_group() -> None:
+    weights = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+    optimizer = torch.optim.Adam([{"params": weights[:1]}, {"params": weights[1:], "lr": 5.0}], lr=1.0)
+    for epoch in (3, 0, 3):  # no memory of earlier calls: a resumed run lands on the same rate
+        rate = train_module.exponential_lr(optimizer, 1e-3, 0.5, epoch)
+        assert rate == 1e-3 * 0.5**epoch
+        assert [group["lr"] for group in optimizer.param_groups] == [rate, rate]
+
+
 def test_train_step_lowers_the_loss_on_a_fixed_batch() -> None:
     torch.manual_seed(0)
     model = create_model("plain-small-mnist")
@@ -425,8 +434,8 @@ def test_evaluate_exports_a_card_and_the_summary_table_lists_it(
 
 
 def test_pgd_attacks_test_images_spread_over_the_whole_test_set() -> None:
-    """MNIST's first test images are not a fair sample (bcop-large-mnist certifies 48.6% of the
-    first 1000 and 56.2% of all 10k), so a partial PGD evaluation takes every k-th image."""
+    """MNIST's test set is not shuffled and its first images are harder than the rest, so a
+    partial PGD evaluation takes every k-th image."""
     pick = pgd_sample(10_000, 1000)
     assert pick.tolist() == list(range(0, 10_000, 10))
     assert pgd_sample(7, 7).tolist() == list(range(7))
