@@ -9,8 +9,9 @@ PGD runs twice on the same images: our attack (a random start inside the ball; a
 broken if any iterate fools the model) and the paper's (LConvNet's ``PGDAttacker``: every pixel
 first moved by a uniform amount in [-eps, eps], far outside the L2 ball, so that the first step
 lands on the ball's surface in a random direction; only the last iterate counts). Both maximise
-the logit margin. 200 steps of 0.01 cannot turn the paper's start round towards the worst
-direction, so its attack is weaker, and its figures are the ones to set beside the paper's.
+the logit margin (ours another loss with ``--attack-loss``). 200 steps of 0.01 cannot turn the
+paper's start round towards the worst direction, so its attack is weaker, and its figures are
+the ones to set beside the paper's.
 
 PGD is the expensive part (200 forward/backward passes per example), so it runs on
 ``--pgd-limit`` test examples evenly spaced through the test set (all by default). Examples
