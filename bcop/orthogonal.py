@@ -126,6 +126,9 @@ class _Polar(torch.autograd.Function):
     singular values ``s`` of ``W``, the eigenvectors of ``W^T W`` and ``S^{-1}``. Backward and
     jvp are the closed forms of Note [Polar factor derivatives]. Forward, backward and jvp are
     plain batched tensor code, so torch.func derives the vmap rule (``generate_vmap_rule``).
+    Both rules are first derivatives only: they treat ``s`` and the eigenvectors as constants,
+    so a second derivative with respect to ``W`` (a Hessian in the raw parameters) would miss
+    their dependence on ``W``.
     """
 
     generate_vmap_rule = True
@@ -165,11 +168,12 @@ class _Polar(torch.autograd.Function):
 
 # Note [Float64 Gram matrix in eval mode]
 # ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-# :func:`polar` goes through the Gram matrix W^T W, whose condition number is the square of W's,
-# so the rounding error of its eigendecomposition, relative to the largest eigenvalue, is about
-# the unit roundoff times cond(W)^2. In float32 (u = 6e-8) and at the condition numbers trained
-# dense layers reach (tens), that leaves the factor's singular values visibly off 1 (order
-# 1e-3); in float64 the error is below float32's own rounding of the result. Both are sound --
+# :func:`polar` goes through the Gram matrix W^T W, whose condition number is the square of W's.
+# Its eigenvalues are computed to an absolute error of about the unit roundoff u times the
+# largest one, so the smallest carries a relative error of about u cond(W)^2. In float32
+# (u = 6e-8) and at the condition numbers trained dense layers reach (tens), that leaves the
+# factor's singular values visibly off 1 (order 1e-3); in float64 the error is below float32's
+# own rounding of the result. Both are sound --
 # a layer's Lipschitz bound is always measured on the weight it uses -- but a bound of 1 + 1e-3
 # per layer compounds over a network and shrinks every certified radius. The float64 Gram is
 # also markedly slower, and a training step does not need it: the weight is rebuilt at every
