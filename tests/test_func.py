@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch.func import functional_call, grad, jacfwd, jacrev, jvp, stack_module_state, vjp, vmap
 
+from bcop.layers.parametrization import frozen_weights
 from bcop.models import LipschitzNet, create_model
 from bcop.orthogonal import polar
 
@@ -109,6 +110,9 @@ def test_jvp_and_vjp_wrt_the_input_equal_products_with_the_autograd_jacobian(
     torch.testing.assert_close(out, model(x), **TOL)
     torch.testing.assert_close(forward.reshape(-1), matrix @ tangent.reshape(-1), **TOL)
     torch.testing.assert_close(backward.reshape(-1), cotangent.reshape(-1) @ matrix, **TOL)
+    with frozen_weights(model):  # the layers serve their cached kernels, as in an attack
+        _, frozen = jvp(model, (x,), (tangent,))
+    torch.testing.assert_close(frozen, forward, **TOL)
 
 
 def test_vmap_of_per_example_jacobians_equals_the_diagonal_blocks_of_autograd(

@@ -368,6 +368,21 @@ def test_exponential_lr_depends_on_the_epoch_alone_and_sets_every_group() -> Non
         assert [group["lr"] for group in optimizer.param_groups] == [rate, rate]
 
 
+def test_svcm_after_step_projects_every_nth_step_and_never_with_zero() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.rounds: list[int] = []
+
+        def project_(self, rounds: int) -> None:
+            self.rounds.append(rounds)
+
+    model = Recorder()
+    for step in range(1, 10):
+        train_module.svcm_after_step(model, step, every=4, rounds=7)  # type: ignore[arg-type]
+        train_module.svcm_after_step(model, step, every=0, rounds=99)  # type: ignore[arg-type]
+    assert model.rounds == [7, 7]  # after steps 4 and 8
+
+
 def test_train_step_lowers_the_loss_on_a_fixed_batch() -> None:
     torch.manual_seed(0)
     model = create_model("plain-small-mnist")
