@@ -102,6 +102,68 @@ def _result(model: nn.Module, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Ten
 STARTS = ("ball", "box", "none")
 
 
+def _unit(grad: torch.Tensor) -> torch.Tensor:
+    """Each example's gradient scaled to L2 norm 1 (zero where it vanishes)."""
+    return grad / _per_example(_flat_norm(grad).clamp_min(1e-12), grad)
+
+
+def _start(x: torch.Tensor, eps: torch.Tensor, start: str, seed: int | None) -> torch.Tensor:
+    """PGD's first perturbation (see :func:`pgd_l2`'s ``start``), inside the box [0, 1]."""
+    gen = None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
+    if start == "ball":
+        direction = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+        radius = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype) * eps
+        direction = direction * _per_example(radius / _flat_norm(direction), x)
+        return _project(x, direction, eps)
+    if start == "box":
+        uniform = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
+        return (x + uniform * _per_example(eps, x)).clamp(0.0, 1.0) - x
+    return torch.zeros_like(x)
+
+
+def _pgd_iterate(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    delta: torch.Tensor,
+    eps: torch.Tensor,
+    step_size: torch.Tensor,
+    steps: int,
+    any_iterate: bool,
+    loss: str,
+    progress: Progress | None,
+) -> torch.Tensor:
+    """Run PGD from ``delta`` and return the adversarial inputs: for examples fooled inside the
+    ball by some iterate (``any_iterate``), that iterate; for the others, the last one.
+    ``delta`` is stepped in place."""
+    best = x.clone()
+    found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    everyone = torch.arange(x.shape[0], device=x.device)
+    for step in range(steps + 1):
+        # counting any iterate, a broken example is done: only the others are stepped on
+        # (each example's path is its own, so this changes no result, only the time)
+        todo = everyone[~found] if any_iterate else everyone
+        if todo.numel() == 0:
+            break
+        xs, ds = x[todo], delta[todo]
+        grad, logits = _input_gradient(model, xs + ds, y[todo], loss)
+        if any_iterate:
+            inside = _flat_norm(ds) <= eps[todo] * (1 + 1e-6)
+            fooled = (logits.argmax(dim=1) != y[todo]) & inside
+            best[todo[fooled]] = (xs + ds)[fooled]
+            found[todo[fooled]] = True
+        if step == steps:
+            break
+        delta[todo] = _project(xs, ds + _per_example(step_size[todo], xs) * _unit(grad), eps[todo])
+        if progress is not None:
+            progress((step + 1) / steps)
+    if progress is not None and step < steps:
+        progress(1.0)  # every example broke before the last step
+    # (the projection changes nothing after a step; with steps=0 it brings a "box" start in)
+    best[~found] = (x + _project(x, delta, eps))[~found]
+    return best
+
+
 def pgd_l2(
     model: nn.Module,
     x: torch.Tensor,
@@ -134,9 +196,9 @@ def pgd_l2(
             length may be one per example.
         start: ``"ball"``: a random point of the ball (uniform direction, radius uniform in
             [0, eps]); ``"box"``: the paper's, every pixel moved by an independent uniform
-            amount in [-eps, eps] and clipped to [0, 1], which is far outside the L2 ball
-            (norm about 16 on a blank MNIST background at eps 1.58), so that the first step
-            lands on the ball's surface in a random direction; ``"none"``: the input itself.
+            amount in [-eps, eps] and clipped to [0, 1], which lies far outside the L2 ball
+            (its norm grows with the square root of the number of pixels), so that the first
+            step lands on the ball's surface in a random direction; ``"none"``: the input itself.
         any_iterate: count an example as broken when any iterate inside the ball fooled the
             model (default), or only when the last one does (the paper's).
         loss: ``"margin"`` or ``"ce"``.
@@ -148,45 +210,10 @@ def pgd_l2(
         raise ValueError(f"unknown PGD start {start!r}; known: {STARTS}")
     step_t = torch.as_tensor(step_size, dtype=x.dtype, device=x.device).expand(x.shape[0])
     x = x.detach()
-    gen = None if seed is None else torch.Generator(device=x.device).manual_seed(seed)
-    if start == "ball":
-        direction = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
-        radius = torch.rand(x.shape[0], generator=gen, device=x.device, dtype=x.dtype) * eps_t
-        direction = direction * _per_example(radius / _flat_norm(direction), x)
-        delta = _project(x, direction, eps_t)
-    elif start == "box":
-        uniform = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
-        delta = (x + uniform * _per_example(eps_t, x)).clamp(0.0, 1.0) - x
-    else:
-        delta = torch.zeros_like(x)
-    best = x.clone()
-    found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
-    everyone = torch.arange(x.shape[0], device=x.device)
+    delta = _start(x, eps_t, start, seed)
     with frozen_weights(model):
-        for step in range(steps + 1):
-            # counting any iterate, a broken example is done: only the others are stepped on
-            # (each example's path is its own, so this changes no result, only the time)
-            todo = everyone[~found] if any_iterate else everyone
-            if todo.numel() == 0:
-                break
-            xs, ds = x[todo], delta[todo]
-            grad, logits = _input_gradient(model, xs + ds, y[todo], loss)
-            if any_iterate:
-                inside = _flat_norm(ds) <= eps_t[todo] * (1 + 1e-6)
-                fooled = (logits.argmax(dim=1) != y[todo]) & inside
-                best[todo[fooled]] = (xs + ds)[fooled]
-                found[todo[fooled]] = True
-            if step == steps:
-                break
-            unit = grad / _per_example(_flat_norm(grad).clamp_min(1e-12), grad)
-            delta[todo] = _project(xs, ds + _per_example(step_t[todo], xs) * unit, eps_t[todo])
-            if progress is not None:
-                progress((step + 1) / steps)
-        if progress is not None and step < steps:
-            progress(1.0)  # every example broke before the last step
-        # (the projection changes nothing after a step; with steps=0 it brings a "box" start in)
-        best[~found] = (x + _project(x, delta, eps_t))[~found]
-        return _result(model, x, best, y)
+        x_adv = _pgd_iterate(model, x, y, delta, eps_t, step_t, steps, any_iterate, loss, progress)
+        return _result(model, x, x_adv, y)
 
 
 def fgm_l2(
@@ -202,8 +229,7 @@ def fgm_l2(
     x = x.detach()
     with frozen_weights(model):
         grad, _ = _input_gradient(model, x, y, loss)
-        unit = grad / _per_example(_flat_norm(grad).clamp_min(1e-12), grad)
-        x_adv = (x + _per_example(eps_t, x) * unit).clamp(0.0, 1.0)
+        x_adv = (x + _per_example(eps_t, x) * _unit(grad)).clamp(0.0, 1.0)
         return _result(model, x, x_adv, y)
 
 

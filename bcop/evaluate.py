@@ -9,8 +9,9 @@ PGD runs twice on the same images: our attack (a random start inside the ball; a
 broken if any iterate fools the model) and the paper's (LConvNet's ``PGDAttacker``: every pixel
 first moved by a uniform amount in [-eps, eps], far outside the L2 ball, so that the first step
 lands on the ball's surface in a random direction; only the last iterate counts). Both maximise
-the logit margin. 200 steps of 0.01 cannot turn the paper's start round towards the worst
-direction, so its attack is weaker, and its figures are the ones to set beside the paper's.
+the logit margin (ours another loss with ``--attack-loss``). 200 steps of 0.01 cannot turn the
+paper's start round towards the worst direction, so its attack is weaker, and its figures are
+the ones to set beside the paper's.
 
 PGD is the expensive part (200 forward/backward passes per example), so it runs on
 ``--pgd-limit`` test examples evenly spaced through the test set (all by default). Examples
@@ -30,35 +31,64 @@ import json
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
 from bcop.attacks import LOSSES as ATTACK_LOSSES
 from bcop.attacks import AttackResult, fgm_l2, pgd_l2
 from bcop.cards import model_card, results_table, summary_table
 from bcop.certify import certified_accuracy, certified_radius, full_float32, lipschitz_bound
+from bcop.cli import add_options, from_args, option
 from bcop.data import load_dataset, make_loader
-from bcop.hub import load_model, save_model
+from bcop.hub import LoadedModel, load_model, save_model
 from bcop.models import LipschitzNet
 from bcop.results import (
     PAPER_RESULTS,
+    RESULTS_SCHEMA_VERSION,
     collect_results,
+    eps_key,
     hardware_segments,
+    percent,
     read_results,
     selection_description,
     write_results,
 )
 from bcop.train import TrainConfig, describe_hardware
 
-__all__ = ["evaluate", "pgd_sample", "main"]
+__all__ = ["EvalConfig", "evaluate", "pgd_sample", "main"]
 
 # LConvNet's PGDAttacker as the paper's evaluation ran it: the Carlini-Wagner margin loss,
 # uniform per-pixel start in [-eps, eps], only the last iterate counted.
 PAPER_PGD: dict[str, Any] = {"start": "box", "any_iterate": False, "loss": "margin"}
 CURVE = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.58, 1.75, 2.0, 2.5, 3.0)
+
+
+def default_device() -> str:
+    """``"cuda"`` when a GPU is available, else ``"cpu"``."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """How a model is evaluated: the paper's protocol on the test set by default."""
+
+    eps: float = option(1.58, "L2 radius of the headline certified and robust accuracies")
+    pgd_limit: int | None = option(
+        None, "attack only N test images, evenly spaced through the set", shown="all"
+    )
+    pgd_steps: int = option(200, "PGD steps")
+    pgd_step_size: float = option(0.01, "length of each PGD step")
+    attack_loss: str = option(
+        "margin", "what PGD and FGM maximise: the logit margin, or cross-entropy", choices=ATTACK_LOSSES
+    )
+    batch_size: int = option(500, "test images per forward pass")
+    device: str | None = option(None, "torch device, e.g. cpu or cuda", shown="cuda when available, else cpu")
+    data_root: str | None = option(None, "data folder", shown="$BCOP_DATA or ~/.cache/bcop")
 
 
 def _robust_accuracy(
@@ -94,84 +124,100 @@ def _robust_accuracy(
 
 def pgd_sample(n_test: int, n: int) -> torch.Tensor:
     """Indices of the ``n`` test examples PGD attacks: evenly spaced through the test set
-    (every 10th of 10,000 for ``n = 1000``), so that a partial evaluation is not biased by the
-    order of the test set."""
+    (every 10th of 10,000 for ``n = 1000``). MNIST's test set is not shuffled and its first
+    images are harder than the rest, so the first ``n`` would bias a partial evaluation."""
     if not 0 < n <= n_test:
         raise ValueError(f"can attack between 1 and {n_test} test examples, not {n}")
     return torch.arange(n) * n_test // n
 
 
+def _certify_test_set(
+    model: LipschitzNet, test: TensorDataset, cfg: EvalConfig, lipschitz: float, device: torch.device
+) -> dict[str, Any]:
+    """Clean accuracy and certified accuracy over :data:`CURVE` and ``cfg.eps``."""
+    batches = ((x.to(device), y.to(device)) for x, y in make_loader(test, cfg.batch_size, shuffle=False))
+    return certified_accuracy(model, batches, sorted({*CURVE, cfg.eps}), lipschitz=lipschitz)
+
+
+def _attack_test_set(
+    model: LipschitzNet,
+    test: TensorDataset,
+    cfg: EvalConfig,
+    lipschitz: float,
+    device: torch.device,
+    progress: bool,
+) -> dict[str, Any]:
+    """Robust accuracy under our PGD and the paper's (on ``cfg.pgd_limit`` evenly spaced test
+    images) and under FGM (on all); examples certified at ``cfg.eps`` are not attacked."""
+    n_pgd = len(test) if cfg.pgd_limit is None else min(cfg.pgd_limit, len(test))
+    x_all, y_all = (t.to(device) for t in test.tensors)
+    pick = pgd_sample(len(test), n_pgd).to(device)
+    x_pgd, y_pgd = x_all[pick], y_all[pick]
+    steps = {"steps": cfg.pgd_steps, "step_size": cfg.pgd_step_size}
+    pgd = partial(pgd_l2, model, eps=cfg.eps, loss=cfg.attack_loss, **steps)
+    pgd_paper = partial(pgd_l2, model, eps=cfg.eps, **steps, **PAPER_PGD)
+    fgm = partial(fgm_l2, model, eps=cfg.eps, loss=cfg.attack_loss)
+
+    def robust(x: torch.Tensor, y: torch.Tensor, attack: Callable, name: str) -> tuple[float, int]:
+        bar = name if progress else None
+        return _robust_accuracy(model, x, y, cfg.eps, lipschitz, attack, cfg.batch_size, bar)
+
+    pgd_acc, attacked = robust(x_pgd, y_pgd, pgd, "PGD")
+    pgd_paper_acc, _ = robust(x_pgd, y_pgd, pgd_paper, "PGD paper")
+    fgm_acc, _ = robust(x_all, y_all, fgm, "FGM")
+    return {
+        "pgd": pgd_acc,
+        "pgd_paper_attack": pgd_paper_acc,
+        "fgm": fgm_acc,
+        "n": n_pgd,
+        "attacked": attacked,
+    }
+
+
 @full_float32()
 def evaluate(
-    model: LipschitzNet,
-    eps: float = 1.58,
-    pgd_limit: int | None = None,
-    pgd_steps: int = 200,
-    pgd_step_size: float = 0.01,
-    batch_size: int = 500,
-    data_root: str | None = None,
-    attack_loss: str = "margin",
-    progress: bool = False,
-    device: str | torch.device = "cpu",
+    model: LipschitzNet, config: EvalConfig | None = None, *, progress: bool = False, **overrides: Any
 ) -> dict[str, Any]:
     """Evaluate ``model`` on its dataset's test split.
 
-    ``attack_loss`` is what PGD and FGM maximise: ``"margin"`` (the logit margin, the stronger
-    attack on Lipschitz networks) or ``"ce"`` (cross-entropy). ``progress``: a progress bar per
-    attack on stderr (PGD on all 10k MNIST test images takes about half an hour per attack on
-    one CPU thread for a Large network). ``device``: where the model (moved there) and the test images
-    go (``"cuda"`` on a GPU; the attacks' random starts then draw other numbers than on the CPU).
+    Args:
+        model: the network; it is put in eval mode and moved to the evaluation's device.
+        config: how to evaluate (default: :class:`EvalConfig`'s, the paper's protocol).
+        progress: a progress bar per attack on stderr.
+        **overrides: :class:`EvalConfig` fields to change, e.g. ``pgd_limit=1000``. On a GPU the
+            attacks' random starts draw other numbers than on the CPU.
 
     Returns:
-        A JSON-ready dict: accuracies in [0, 1]; ``certified`` maps radius -> accuracy.
+        A JSON-ready dict in the results schema (:mod:`bcop.results`): accuracies in percent;
+        ``certified`` maps radius -> accuracy.
     """
+    cfg = dataclasses.replace(config or EvalConfig(), **overrides)
     t0 = time.perf_counter()
-    device = torch.device(device)
+    device = torch.device(cfg.device or default_device())
     model.eval().to(device)
-    test = load_dataset(model.config.dataset, "test", data_root)
+    test = load_dataset(model.config.dataset, "test", cfg.data_root)
     L = lipschitz_bound(model)
-    epsilons = sorted({*CURVE, eps})
-    batches = ((x.to(device), y.to(device)) for x, y in make_loader(test, batch_size, shuffle=False))
-    cert = certified_accuracy(model, batches, epsilons, lipschitz=L)
-    n_pgd = len(test) if pgd_limit is None else min(pgd_limit, len(test))
-    x_all, y_all = (t.to(device) for t in test.tensors)
-    # evenly spread, not the first n: MNIST's first 1000 test images are harder than the rest
-    # (bcop-large-mnist certifies 48.6% of them at 1.58 against 56.2% of all 10k)
-    pick = pgd_sample(len(test), n_pgd).to(device)
-    x_pgd, y_pgd = x_all[pick], y_all[pick]
-
-    def pgd(x: torch.Tensor, y: torch.Tensor) -> AttackResult:
-        return pgd_l2(model, x, y, eps, steps=pgd_steps, step_size=pgd_step_size, loss=attack_loss)
-
-    def pgd_paper(x: torch.Tensor, y: torch.Tensor) -> AttackResult:
-        return pgd_l2(model, x, y, eps, steps=pgd_steps, step_size=pgd_step_size, **PAPER_PGD)
-
-    def fgm(x: torch.Tensor, y: torch.Tensor) -> AttackResult:
-        return fgm_l2(model, x, y, eps, loss=attack_loss)
-
-    def bar(name: str) -> str | None:
-        return name if progress else None
-
-    pgd_acc, attacked = _robust_accuracy(model, x_pgd, y_pgd, eps, L, pgd, batch_size, bar("PGD"))
-    pgd_paper_acc, _ = _robust_accuracy(model, x_pgd, y_pgd, eps, L, pgd_paper, batch_size, bar("PGD paper"))
-    fgm_acc, _ = _robust_accuracy(model, x_all, y_all, eps, L, fgm, batch_size, bar("FGM"))
+    cert = _certify_test_set(model, test, cfg, L, device)
+    robust = _attack_test_set(model, test, cfg, L, device, progress)
+    key = eps_key(cfg.eps)
     return {
+        "schema_version": RESULTS_SCHEMA_VERSION,
         "model": model.config.name,
         "dataset": model.config.dataset,
         "n_test": cert["n"],
-        "eps": eps,
-        "clean": cert["clean"],
+        "eps": cfg.eps,
+        "clean": percent(cert["clean"]),
         "lipschitz": L,
-        "certified": {f"{e:g}": acc for e, acc in cert["certified"].items()},
-        "pgd": {f"{eps:g}": pgd_acc},
-        "pgd_paper_attack": {f"{eps:g}": pgd_paper_acc},
-        "pgd_n": n_pgd,
+        "certified": {eps_key(e): percent(acc) for e, acc in cert["certified"].items()},
+        "pgd": {key: percent(robust["pgd"])},
+        "pgd_paper_attack": {key: percent(robust["pgd_paper_attack"])},
+        "pgd_n": robust["n"],
         "pgd_sample": "evenly spaced",
-        "pgd_attacked": attacked,
-        "pgd_steps": pgd_steps,
-        "pgd_step_size": pgd_step_size,
-        "fgm": {f"{eps:g}": fgm_acc},
-        "attack_loss": attack_loss,
+        "pgd_attacked": robust["attacked"],
+        "pgd_steps": cfg.pgd_steps,
+        "pgd_step_size": cfg.pgd_step_size,
+        "fgm": {key: percent(robust["fgm"])},
+        "attack_loss": cfg.attack_loss,
         "paper": PAPER_RESULTS.get(model.config.name),
         "eval_seconds": time.perf_counter() - t0,
         "eval_hardware": describe_hardware(device),
@@ -217,41 +263,52 @@ def _recorded_training(folder: Path) -> dict[str, Any] | None:
     return None if results is None else results.get("training")
 
 
-def _parse(argv: list[str] | None) -> argparse.Namespace:
+def _parser() -> argparse.ArgumentParser:
+    """The command line: the model (or ``--summary``), one option per :class:`EvalConfig`
+    field, and where the results go."""
     parser = argparse.ArgumentParser(prog="python -m bcop.evaluate", description=__doc__.split("\n\n")[0])
     parser.add_argument("model", nargs="?", help="registry name, Hub repo id, or model folder")
     parser.add_argument(
         "--summary",
-        default=None,
         metavar="FOLDER",
-        help="print the README's table of every evaluated model under FOLDER (e.g. checkpoints) and exit",
+        help="print the README's table of the models evaluated under FOLDER (e.g. checkpoints) and exit "
+        "(default: evaluate MODEL)",
     )
-    parser.add_argument("--eps", type=float, default=1.58)
+    add_options(parser, EvalConfig)
+    parser.add_argument("--out", help="results folder (default: results/NAME)")
     parser.add_argument(
-        "--pgd-limit", type=int, default=None, help="attack only N test images, evenly spaced through the set"
+        "--export", metavar="FOLDER", help="also write the model, results and card there (default: no export)"
     )
-    parser.add_argument("--pgd-steps", type=int, default=200)
-    parser.add_argument("--pgd-step-size", type=float, default=0.01)
-    parser.add_argument(
-        "--attack-loss", choices=ATTACK_LOSSES, default="margin", help="what PGD and FGM maximise"
-    )
-    parser.add_argument("--batch-size", type=int, default=500)
-    parser.add_argument("--out", default=None, help="results folder (default: results/NAME)")
-    parser.add_argument("--export", default=None, help="also write the model, results and card here")
     parser.add_argument(
         "--train-run",
-        default=None,
-        help="training output folder, for the card (default: the training record already beside the model)",
+        metavar="FOLDER",
+        help="training output folder the card describes (default: the training record beside the model)",
     )
-    parser.add_argument("--threads", type=int, default=0)
     parser.add_argument(
-        "--device", default=None, help="torch device, e.g. cpu or cuda (default: cuda when available)"
+        "--threads", type=int, default=0, help="torch CPU threads (default: 0, torch's choice)"
     )
-    parser.add_argument("--data-root", default=None)
+    return parser
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = _parser()
     args = parser.parse_args(argv)
     if (args.model is None) == (args.summary is None):
         parser.error("give a model to evaluate, or --summary FOLDER (not both)")
     return args
+
+
+def _export(loaded: LoadedModel, results: dict[str, Any], folder: str, train_run: str | None) -> None:
+    """Write the model, its results and its card to ``folder``; the card's training record comes
+    from ``train_run``, else from the results already beside the model."""
+    if train_run:
+        training = _training_summary(Path(train_run))
+    else:
+        training = _recorded_training(loaded.location)
+    if training is not None:
+        results["training"] = training
+    written = save_model(loaded.model, folder, card=str(model_card(results)))
+    write_results(written, results)
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any] | str:
@@ -265,32 +322,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any] | str:
     if args.threads:
         torch.set_num_threads(args.threads)
     loaded = load_model(args.model)
-    model = loaded.model
-    results = evaluate(
-        model,
-        args.eps,
-        args.pgd_limit,
-        args.pgd_steps,
-        args.pgd_step_size,
-        args.batch_size,
-        args.data_root,
-        args.attack_loss,
-        progress=True,
-        device=args.device or ("cuda" if torch.cuda.is_available() else "cpu"),
-    )
+    results = evaluate(loaded.model, from_args(EvalConfig, args), progress=True)
     out = Path(args.out or f"results/{results['model']}")
     results = write_results(out, results)
     (out / "eval_results.md").write_text(results_table([results]))
     print(results_table([results]))
     if args.export:
-        if args.train_run:
-            training = _training_summary(Path(args.train_run))
-        else:  # re-evaluating an exported model keeps the training record its results carry
-            training = _recorded_training(loaded.location)
-        if training is not None:
-            results["training"] = training
-        folder = save_model(model, args.export, card=str(model_card(results)))
-        write_results(folder, results)
+        _export(loaded, results, args.export, args.train_run)
     return results
 
 

@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 
-
 @dataclass
 class LayerSpectrum:
     """Singular values of one convolution, as a linear operator on its input.

@@ -98,35 +98,99 @@ def bjorck(w: torch.Tensor, iters: int = 20, order: int = 1, scale: bool = True)
     return w.mT if transposed else w
 
 
+# Note [Polar factor derivatives]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# For a tall full-rank W with S = (W^T W)^{1/2} and Q = W S^{-1}, differentiating W = Q S with
+# Q^T Q = I gives, for a tangent dW and M = Q^T dW,
+#
+#     dQ = (dW - Q M) S^{-1} + Q Omega,   where   S Omega + Omega S = M - M^T,
+#
+# so Omega (skew-symmetric) is the rotation of Q within its own column space. The reverse-mode
+# formula is the adjoint of this map: for an upstream gradient G, with m = Q^T G and
+# S Y + Y S = m, dL/dW = Q (Y - Y^T) + (G - Q m) S^{-1}. In the eigenbasis of S both Sylvester
+# equations divide by s_i + s_j > 0, so unlike autograd through ``eigh`` (which divides by
+# s_i - s_j) they stay finite when singular values coincide -- exactly the case of a nearly
+# orthogonal matrix, where every trained layer lives.
+
+
+def _sylvester(rhs: torch.Tensor, s: torch.Tensor, evecs: torch.Tensor) -> torch.Tensor:
+    """Solve ``S X + X S = rhs`` for ``S = evecs diag(s) evecs^T`` (s > 0)."""
+    rhs_eig = evecs.mT @ rhs @ evecs
+    return evecs @ (rhs_eig / (s.unsqueeze(-1) + s.unsqueeze(-2))) @ evecs.mT
+
+
 class _Polar(torch.autograd.Function):
     """Orthogonal polar factor ``Q = W (W^T W)^{-1/2}`` of tall full-rank matrices.
 
-    Backward: with ``S = (W^T W)^{1/2}`` and upstream gradient ``G``,
-    ``dL/dW = Q (Y - Y^T) + (G - Q Q^T G) S^{-1}`` where ``S Y + Y S = Q^T G``. In the eigenbasis
-    of ``S`` that Sylvester equation divides by ``s_i + s_j > 0``, so unlike autograd through
-    ``eigh`` (which divides by ``s_i - s_j``) it stays finite when singular values coincide --
-    exactly the case of a nearly orthogonal matrix.
+    Forward returns ``Q`` and, as non-differentiable outputs, what both derivatives reuse: the
+    singular values ``s`` of ``W``, the eigenvectors of ``W^T W`` and ``S^{-1}``. Backward and
+    jvp are the closed forms of Note [Polar factor derivatives]. Forward, backward and jvp are
+    plain batched tensor code, so torch.func derives the vmap rule (``generate_vmap_rule``).
+    Both rules are first derivatives only: they treat ``s`` and the eigenvectors as constants,
+    so a second derivative with respect to ``W`` (a Hessian in the raw parameters) would miss
+    their dependence on ``W``.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, w: torch.Tensor, eps: float, precise: bool) -> torch.Tensor:  # type: ignore[override]
+    def forward(
+        w: torch.Tensor, eps: float, precise: bool
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
         w_gram = w.to(torch.float64) if precise else w
         evals, evecs = torch.linalg.eigh(w_gram.mT @ w_gram)
         s = evals.clamp_min(eps).sqrt()
         inv_sqrt = ((evecs / s.unsqueeze(-2)) @ evecs.mT).to(w.dtype)
         s, evecs = s.to(w.dtype), evecs.to(w.dtype)
-        q = w @ inv_sqrt
-        ctx.save_for_backward(q, s, evecs, inv_sqrt)
-        return q
+        return w @ inv_sqrt, s, evecs, inv_sqrt
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+    def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
+        q, s, evecs, inv_sqrt = output
+        ctx.mark_non_differentiable(s, evecs, inv_sqrt)
+        ctx.save_for_backward(q, s, evecs, inv_sqrt)
+        ctx.save_for_forward(q, s, evecs, inv_sqrt)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
         q, s, evecs, inv_sqrt = ctx.saved_tensors
         m = q.mT @ grad
-        m_eig = evecs.mT @ m @ evecs
-        y = evecs @ (m_eig / (s.unsqueeze(-1) + s.unsqueeze(-2))) @ evecs.mT
-        grad_w = q @ (y - y.mT) + (grad - q @ m) @ inv_sqrt
-        return grad_w, None, None
+        y = _sylvester(m, s, evecs)
+        return q @ (y - y.mT) + (grad - q @ m) @ inv_sqrt, None, None
+
+    @staticmethod
+    def jvp(ctx, w_dot: torch.Tensor, *_: None) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
+        q, s, evecs, inv_sqrt = ctx.saved_tensors
+        m = q.mT @ w_dot
+        omega = _sylvester(m - m.mT, s, evecs)
+        return (w_dot - q @ m) @ inv_sqrt + q @ omega, None, None, None
+
+
+# Note [Float64 Gram matrix in eval mode]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# :func:`polar` goes through the Gram matrix W^T W, whose condition number is the square of W's.
+# Its eigenvalues are computed to an absolute error of about the unit roundoff u times the
+# largest one, so the smallest carries a relative error of about u cond(W)^2. In float32
+# (u = 6e-8) and at the condition numbers trained dense layers reach (tens), that leaves the
+# factor's singular values visibly off 1 (order 1e-3); in float64 the error is below float32's
+# own rounding of the result. Both are sound --
+# a layer's Lipschitz bound is always measured on the weight it uses -- but a bound of 1 + 1e-3
+# per layer compounds over a network and shrinks every certified radius. The float64 Gram is
+# also markedly slower, and a training step does not need it: the weight is rebuilt at every
+# step and the gradient is unaffected at that scale. So the orthonormalising parametrizations
+# pass ``precise = not self.training``: float32 while training, float64 for the weights that
+# inference, certification and the exported bounds use. (Measured figures:
+# docs/reproduction.md.)
+
+# Note [Power iteration approaches sigma from below]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# For a linear map A and any unit vector v, ||A v|| <= sigma_max(A), and the power iteration's
+# Rayleigh quotient sqrt(<v, A^T A v>) never decreases from one iterate to the next. Every
+# estimate is therefore a *lower* bound on the operator norm: fine for normalising a weight
+# during training (OSSN) or for a measurement, never for a certificate. Certificates use the
+# exact norm instead (:func:`conv_spectral_norm`, by FFT), computed on the weight the layer
+# really uses, so a layer normalised by a lagging estimate reports its true, slightly larger
+# bound.
 
 
 def polar(w: torch.Tensor, eps: float | None = None, precise: bool = True) -> torch.Tensor:
@@ -135,13 +199,8 @@ def polar(w: torch.Tensor, eps: float | None = None, precise: bool = True) -> to
     This is the fixed point of :func:`bjorck`, computed in closed form through the
     eigendecomposition of the smaller Gram matrix, with a stable analytic backward pass.
 
-    The Gram matrix squares the condition number, so in single precision its rounding shows
-    in the result: for a float32 3136 x 512 matrix of condition number 68 (what our trained
-    dense layers reach) the singular values of the factor are 1 +- 9e-4 from a float32 Gram
-    matrix and 1 +- 1e-6 from a float64 one (``precise=True``, the default). The float64 Gram
-    costs 22% of a bcop-large-mnist training step on the 2-core CPU, where 1e-3 does not
-    matter, so the layers ask for it only in eval mode (see
-    :class:`bcop.layers.parametrization.CachedParametrization`).
+    ``precise`` chooses the precision of the Gram matrix; see Note [Float64 Gram matrix in eval
+    mode] for why the layers ask for float64 in eval mode only.
 
     Args:
         w: (..., m, n) full-rank matrices.
@@ -156,7 +215,7 @@ def polar(w: torch.Tensor, eps: float | None = None, precise: bool = True) -> to
     w, transposed = _tall(w)
     if eps is None:
         eps = 1e-12 if w.dtype == torch.float64 else 1e-10
-    q = _Polar.apply(w, eps, precise)
+    q = _Polar.apply(w, eps, precise)[0]
     return q.mT if transposed else q
 
 
@@ -226,7 +285,8 @@ def conv_singular_values(kernel: torch.Tensor, input_size: int | Sequence[int]) 
 def conv_spectral_norm(kernel: torch.Tensor, input_size: int | Sequence[int]) -> float:
     """Exact operator 2-norm of the circular convolution with ``kernel`` on ``input_size``.
 
-    Computed in float64 so that the value can be used in a certificate.
+    Computed in float64 so that the value can be used in a certificate (an upper bound, unlike
+    Note [Power iteration approaches sigma from below]'s estimates).
     """
     return float(conv_singular_values(kernel.detach().double(), input_size).max())
 
@@ -243,7 +303,7 @@ def power_iteration(
     Uses ``v <- J^T J v`` with the transpose from autograd (a vector-Jacobian product), so it
     works for any linear ``fn`` -- a convolution with zero padding, a whole bias-free network
     restricted to a linear region, and so on. The result is a lower bound that converges to the
-    norm from below.
+    norm from below (Note [Power iteration approaches sigma from below]).
 
     Args:
         fn: linear map taking a (1, *input_shape) tensor.

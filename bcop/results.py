@@ -38,6 +38,7 @@ __all__ = [
     "PAPER_RESULTS",
     "UNRECORDED_HARDWARE",
     "eps_key",
+    "percent",
     "upgrade_results",
     "read_results",
     "write_results",
@@ -103,16 +104,16 @@ def upgrade_results(results: dict[str, Any]) -> dict[str, Any]:
     return upgraded
 
 
-def _percent(fraction: float) -> float:
+def percent(fraction: float) -> float:
     """A fraction in [0, 1] in percent, without float noise (0.9862 -> 98.62, not 98.61999...)."""
     return round(100 * fraction, 10)
 
 
 def _upgrade_1_to_2(results: dict[str, Any]) -> dict[str, Any]:
-    results["clean"] = _percent(results["clean"])
+    results["clean"] = percent(results["clean"])
     for key in _CURVES:
         if results.get(key) is not None:
-            results[key] = {eps: _percent(value) for eps, value in results[key].items()}
+            results[key] = {eps: percent(value) for eps, value in results[key].items()}
     results.setdefault("pgd_paper_attack", None)
     results.setdefault("attack_loss", "margin")
     results.setdefault("pgd_sample", "first")

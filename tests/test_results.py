@@ -117,8 +117,9 @@ def test_read_results_names_the_file_when_it_is_not_valid(tmp_path: Path) -> Non
         read_results(tmp_path)
 
 
-def test_write_results_stores_what_evaluate_returns_in_schema_2(tmp_path: Path) -> None:
-    """evaluate() returns schema-1 results (fractions): written as schema 2, read back equal."""
+def test_write_results_upgrades_a_schema_1_dict(tmp_path: Path) -> None:
+    """A schema-1 dict (fractions, what evaluate() returned before 0.2.0) is written as schema 2
+    and reads back equal."""
     evaluated = {k: v for k, v in _schema1().items() if k != "training"}
     written = write_results(tmp_path / "out", evaluated)
     stored = json.loads((tmp_path / "out" / "eval_results.json").read_text())

@@ -29,6 +29,7 @@ from bcop.evaluate import _recorded_training, _training_summary, evaluate, pgd_s
 from bcop.hub import load_folder
 from bcop.layers import SVCMConv2d
 from bcop.models import create_model
+from bcop.results import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "bcop-small-mnist"
@@ -324,6 +325,30 @@ def test_unknown_model_name_fails_before_loading_data(
     assert not (tmp_path / "data").exists() and not (tmp_path / "out").exists()
 
 
+def test_exponential_lr_depends_on_the_epoch_alone_and_sets_every_group() -> None:
+    weights = [torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]
+    optimizer = torch.optim.Adam([{"params": weights[:1]}, {"params": weights[1:], "lr": 5.0}], lr=1.0)
+    for epoch in (3, 0, 3):  # no memory of earlier calls: a resumed run lands on the same rate
+        rate = train_module.exponential_lr(optimizer, 1e-3, 0.5, epoch)
+        assert rate == 1e-3 * 0.5**epoch
+        assert [group["lr"] for group in optimizer.param_groups] == [rate, rate]
+
+
+def test_svcm_after_step_projects_every_nth_step_and_never_with_zero() -> None:
+    class Recorder:
+        def __init__(self) -> None:
+            self.rounds: list[int] = []
+
+        def project_(self, rounds: int) -> None:
+            self.rounds.append(rounds)
+
+    model = Recorder()
+    for step in range(1, 10):
+        train_module.svcm_after_step(model, step, every=4, rounds=7)  # type: ignore[arg-type]
+        train_module.svcm_after_step(model, step, every=0, rounds=99)  # type: ignore[arg-type]
+    assert model.rounds == [7, 7]  # after steps 4 and 8
+
+
 def test_train_step_lowers_the_loss_on_a_fixed_batch() -> None:
     torch.manual_seed(0)
     model = create_model("plain-small-mnist")
@@ -391,8 +416,8 @@ def test_evaluate_exports_a_card_and_the_summary_table_lists_it(
 
 
 def test_pgd_attacks_test_images_spread_over_the_whole_test_set() -> None:
-    """MNIST's first test images are not a fair sample (bcop-large-mnist certifies 48.6% of the
-    first 1000 and 56.2% of all 10k), so a partial PGD evaluation takes every k-th image."""
+    """MNIST's test set is not shuffled and its first images are harder than the rest, so a
+    partial PGD evaluation takes every k-th image."""
     pick = pgd_sample(10_000, 1000)
     assert pick.tolist() == list(range(0, 10_000, 10))
     assert pgd_sample(7, 7).tolist() == list(range(7))
@@ -425,7 +450,7 @@ def test_evaluate_without_a_model_or_summary_fails_clearly() -> None:
 
 @pytest.mark.parametrize("attack_loss", ["margin", "ce"])
 def test_evaluate_robust_accuracy_lies_between_certified_and_clean(
-    data_root: Path, two_epochs: Path, attack_loss: str
+    data_root: Path, two_epochs: Path, attack_loss: str, tmp_path: Path
 ) -> None:
     model, _ = load_folder(two_epochs / "best")
     results = evaluate(model, pgd_steps=5, batch_size=16, data_root=str(data_root), attack_loss=attack_loss)
@@ -433,3 +458,5 @@ def test_evaluate_robust_accuracy_lies_between_certified_and_clean(
     assert results["attack_loss"] == attack_loss
     assert certified <= results["pgd"]["1.58"] <= clean and certified <= results["fgm"]["1.58"] <= clean
     assert certified <= results["pgd_paper_attack"]["1.58"] <= clean
+    assert results["schema_version"] == 2 and 50 < clean <= 100  # percent, not a fraction
+    assert write_results(tmp_path, results) == results  # already current: stored unchanged

@@ -19,6 +19,7 @@ import dataclasses
 from collections.abc import Iterator
 
 import torch
+import torch.autograd.forward_ad as fwAD
 from torch import nn
 
 from bcop.orthogonal import ORTHO_METHODS, orthonormalize
@@ -74,6 +75,13 @@ def scaled_orthogonal_(tensor: torch.Tensor, fan_in: int) -> torch.Tensor:
     return tensor
 
 
+def _untraced(t: torch.Tensor) -> bool:
+    """Whether no torch.func transform or forward-mode AD is tracing ``t``. A traced tensor (a
+    functorch wrapper, or one carrying a tangent) must flow through ``compute`` to keep its
+    batch dimension or tangent, and has no storage to key a cache on."""
+    return not torch._C._functorch.is_functorch_wrapped_tensor(t) and fwAD.unpack_dual(t).tangent is None
+
+
 class CachedParametrization(nn.Module):
     """A parametrization ``weight = self.compute(*originals)`` with a cross-call cache.
 
@@ -95,7 +103,7 @@ class CachedParametrization(nn.Module):
 
     def forward(self, *originals: torch.Tensor) -> torch.Tensor:
         needs_graph = torch.is_grad_enabled() and any(o.requires_grad for o in originals)
-        if needs_graph:
+        if needs_graph or not all(map(_untraced, (*originals, *self.buffers()))):
             # contiguous: conv2d and linear run measurably faster on a dense kernel
             return self.compute(*originals).contiguous()
         # buffers too (OSSN's power-iteration vectors): load_state_dict and training change them
