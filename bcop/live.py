@@ -1,116 +1,20 @@
-"""Measurements for looking inside a network: per-layer spectra, evaluation records, and a
-side-by-side training run that reports per-layer gradient norms as it goes.
-
-These are the computations the demo app shows; they live here so that the app, scripts and
-tests share one code path.
-
-* :func:`conv_spectra` -- every convolution's exact singular values on the input size it sees.
-* :func:`read_eval_results` -- a model folder's ``eval_results.json`` (written by evaluation).
-* :func:`train_side_by_side` -- train several fresh networks on the same batches, yielding
-  losses and per-layer gradient norms every few steps.
+"""Live training: several fresh networks trained side by side on the same batches, reporting
+losses and per-layer gradient norms as they go (the demo's live experiment; usable from scripts).
 """
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import torch
-from torch import nn
 
-from bcop.certify import layer_input_shapes
 from bcop.gradnorm import LayerGradNorm, layer_gradient_norms
-from bcop.hub import EVAL_RESULTS_FILE, LoadedModel
 from bcop.models import create_model
-from bcop.orthogonal import conv_singular_values
 from bcop.train import TrainConfig, make_loss, train_step
 
-__all__ = [
-    "LayerSpectrum",
-    "conv_spectra",
-    "read_eval_results",
-    "TrainingSnapshot",
-    "train_side_by_side",
-]
-
-
-
-@dataclass
-class LayerSpectrum:
-    """Singular values of one convolution, as a linear operator on its input.
-
-    Attributes:
-        name: the layer's name in the network (``conv1``, ...).
-        input_shape: (C, H, W) of the layer's input.
-        singular_values: (H * W * min(C_in, C_out),) all singular values of the circular
-            convolution on an H x W grid ((H + k - 1) x (W + k - 1) for zero padding, whose
-            operator this one is a restriction of, so the largest value is still an upper bound).
-    """
-
-    name: str
-    input_shape: tuple[int, ...]
-    singular_values: torch.Tensor
-
-
-@torch.no_grad()
-def conv_spectra(model: nn.Sequential, input_shape: Sequence[int] | None = None) -> list[LayerSpectrum]:
-    """Exact singular values of every top-level ``nn.Conv2d`` of ``model``, input to output.
-
-    An orthogonal convolution (BCOP) has all of them equal to 1; other 1-Lipschitz
-    parameterisations (RKO, OSSN, SVCM) spread below 1, and unconstrained ones also above.
-
-    Args:
-        model: a sequential network (e.g. :class:`~bcop.models.LipschitzNet`).
-        input_shape: (C, H, W) of the network input; defaults to ``model.input_shape``.
-    """
-    shape = input_shape if input_shape is not None else model.input_shape
-    spectra = []
-    for name, module, in_shape in layer_input_shapes(model, shape):
-        if not isinstance(module, nn.Conv2d):
-            continue
-        h, w = in_shape[-2:]
-        if module.padding_mode == "zeros":
-            kh, kw = module.kernel_size
-            h, w = h + kh - 1, w + kw - 1
-        values = conv_singular_values(module.weight.detach(), (h, w))
-        spectra.append(LayerSpectrum(name, tuple(in_shape), values))
-    return spectra
-
-
-def read_eval_results(loaded: LoadedModel) -> dict[str, Any] | None:
-    """The evaluation record saved beside a model, or None when it has not been evaluated.
-
-    Looks for ``eval_results.json`` in the folder the model was loaded from; for a model
-    downloaded from the Hub, also tries to download that file from its repo.
-
-    Returns:
-        The parsed JSON: ``{"model", "n_test", "clean", "certified": {"1.58": ...}, "pgd",
-        "fgm", "lipschitz", "paper", ...}``.
-
-    Raises:
-        ValueError: the file exists but is not valid JSON.
-    """
-    path = Path(loaded.location) / EVAL_RESULTS_FILE
-    if not path.is_file() and loaded.repo_id is not None:
-        try:
-            from huggingface_hub import hf_hub_download
-
-            path = Path(hf_hub_download(loaded.repo_id, EVAL_RESULTS_FILE))
-        except Exception:  # no such file in the repo, or the Hub is unreachable
-            return None
-    if not path.is_file():
-        return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise ValueError(f"{path} is not valid JSON ({err}); evaluate the model again") from err
-    if not isinstance(record, dict):
-        raise ValueError(f"{path} should hold a JSON object, got {type(record).__name__}")
-    return record
+__all__ = ["TrainingSnapshot", "train_side_by_side"]
 
 
 @dataclass
