@@ -308,6 +308,6 @@ def hub_reachable(timeout: float = 5.0) -> bool:
             except (OSError, ValueError):
                 answer = False
         if not answer:
-            warnings.warn("the Hugging Face Hub cannot be reached: using the embedded checkpoints", stacklevel=2)
+            warnings.warn("the Hugging Face Hub cannot be reached: using embedded checkpoints", stacklevel=2)
         _reachable.append(answer)
     return _reachable[0]

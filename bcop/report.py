@@ -189,13 +189,23 @@ def attack_image(
         return lambda fraction: progress((start + fraction * size) / work, words)
 
     pgd = pgd_l2(
-        model, x, y, eps, steps=PGD_STEPS, step_size=PGD_STEP_SIZE,
+        model,
+        x,
+        y,
+        eps,
+        steps=PGD_STEPS,
+        step_size=PGD_STEP_SIZE,
         progress=stage(0, PGD_STEPS, f"PGD at ε = {eps:g}"),
-    )  # fmt: skip
+    )
     smallest = minimal_adversarial_distance(
-        model, x, y, max_eps=SEARCH_MAX_EPS, search_steps=SEARCH_STEPS, pgd_steps=SEARCH_PGD_STEPS,
+        model,
+        x,
+        y,
+        max_eps=SEARCH_MAX_EPS,
+        search_steps=SEARCH_STEPS,
+        pgd_steps=SEARCH_PGD_STEPS,
         progress=stage(PGD_STEPS, work - PGD_STEPS, "smallest adversarial search"),
-    )  # fmt: skip
+    )
     return ImageAttack(name, int(y[0]), float(cert.radius[0]), float(eps), pgd, smallest)
 
 
