@@ -34,8 +34,9 @@ CSS = """
 HEAD = """<script>
 new MutationObserver(() => {
   const root = document.querySelector("#sketch-input");
-  const brush = root && root.querySelector("button[aria-label='Brush']:not(.selected)");
-  if (brush && !root.querySelector("button.selected[aria-label='Brush']") && root.offsetParent) brush.click();
+  if (!root || !root.offsetParent) return;
+  const tools = [...root.querySelectorAll("button[aria-label='Brush'], button[aria-label='Erase']")];
+  if (tools.length && !tools.some((b) => b.classList.contains("highlight"))) tools[0].click();
 }).observe(document.documentElement, {childList: true, subtree: true, attributes: true});
 </script>"""
 

@@ -120,8 +120,9 @@ def _certify_outputs(store: ModelStore, x: torch.Tensor, names: list[str]) -> tu
 
 
 def _cleared_attack() -> tuple[Any, ...]:
-    """The attack outputs, reset; and the attack button, enabled."""
-    return None, _empty(ATTACK_COLUMNS), None, ATTACK_PROMPT, gr.Button(interactive=True)
+    """The attack outputs reset and hidden; the attack button enabled, with its prompt."""
+    hidden = gr.Column(visible=False)
+    return None, _empty(ATTACK_COLUMNS), None, "", gr.Button(interactive=True), ATTACK_PROMPT, hidden
 
 
 def _nothing() -> tuple[Any, ...]:
@@ -159,7 +160,7 @@ class Actions:
     def from_sketch(self, sketch: dict | None, upload: str | None, models: list[str]) -> tuple[Any, ...]:
         """A stroke (or Clear) on the canvas: the drawing becomes the input, the upload goes."""
         if not has_drawing(sketch) and upload is not None:
-            return (gr.skip(),) * 10  # the canvas was cleared because an upload became the input
+            return (gr.skip(),) * (1 + len(_nothing()))  # cleared because an upload became the input
         return None, *_follow(self.store, current_input(sketch, None), models)
 
     @friendly
@@ -167,7 +168,7 @@ class Actions:
         """An upload or an example becomes the input (the drawing goes); removing it clears."""
         if upload is None:
             if has_drawing(sketch):
-                return (gr.skip(),) * 11  # removed because a drawing became the input
+                return (gr.skip(),) * (2 + len(_nothing()))  # removed because a drawing became the input
             return gr.skip(), gr.skip(), *_nothing()
         results = _follow(self.store, model_input(None, upload), models)
         return None, gr.Tabs(selected="upload"), *results
@@ -267,9 +268,45 @@ def _input_column(start: dict[str, Any]) -> tuple[gr.Tabs, gr.Sketchpad, gr.Imag
     return input_tabs, sketch, upload
 
 
-def create_tab(store: ModelStore) -> CertifyTab:
-    """Build the tab inside an open ``gr.Tab``; it opens on the worked example (:func:`landing`)."""
-    actions, start = Actions(store), landing(store)
+@dataclass
+class _Widgets:
+    input_tabs: gr.Tabs
+    sketch: gr.Sketchpad
+    upload: gr.Image
+    models: gr.CheckboxGroup
+    epsilon: gr.Slider
+    certify_btn: gr.Button
+    preprocess_btn: gr.Button
+    attack_btn: gr.Button
+    attack_status: gr.Markdown
+    certified: list[gr.components.Component]  # preview, table, chart, summary: the certify outputs
+    attacked: list[gr.components.Component]  # grid, table, bounds chart, summary: the attack outputs
+    attack_box: gr.Column
+
+
+def _results(
+    start: dict[str, Any],
+) -> tuple[list[gr.components.Component], list[gr.components.Component], gr.Column]:
+    """The certificate's table, chart and summary, then the attack's, hidden until an attack runs."""
+    summary = gr.Markdown(start.get("summary", ""), elem_id="certify-summary")
+    table = gr.Dataframe(
+        value=start.get("table"),
+        headers=[*CERTIFY_COLUMNS, "loaded from"],
+        label="Certificates",
+        interactive=False,
+        wrap=True,
+    )
+    chart = gr.Plot(value=start.get("chart"), label="Probabilities")
+    with gr.Column(visible=False) as attack_box:
+        attack_md = gr.Markdown(elem_id="attack-summary")
+        bounds_plot = gr.Plot(label="Certified radius vs. attack")
+        gr.Markdown(BOUNDS_CAPTION)
+        attack_table = gr.Dataframe(headers=ATTACK_COLUMNS, label="Attacks", interactive=False, wrap=True)
+        attack_plot = gr.Plot(label="Adversarial images and perturbations")
+    return [table, chart, summary], [attack_plot, attack_table, bounds_plot, attack_md], attack_box
+
+
+def _layout(store: ModelStore, start: dict[str, Any]) -> _Widgets:
     with gr.Row():
         with gr.Column(scale=2):
             input_tabs, sketch, upload = _input_column(start)
@@ -291,68 +328,58 @@ def create_tab(store: ModelStore) -> CertifyTab:
             epsilon = gr.Slider(EPS_MIN, EPS_MAX, value=EPS_DEFAULT, step=0.01, label="Attack radius ε (L2)")
             attack_btn = gr.Button("Attack (PGD + smallest-perturbation search)", elem_id="attack-button")
             attack_status = gr.Markdown(ATTACK_PROMPT, elem_id="attack-status")
-    certify_md = gr.Markdown(start.get("summary", ""), elem_id="certify-summary")
-    certify_table = gr.Dataframe(
-        value=start.get("table"),
-        headers=[*CERTIFY_COLUMNS, "loaded from"],
-        label="Certificates",
-        interactive=False,
-        wrap=True,
-    )
-    probs_plot = gr.Plot(value=start.get("chart"), label="Probabilities")
-    attack_md = gr.Markdown(elem_id="attack-summary")
-    bounds_plot = gr.Plot(label="Certified radius vs. attack")
-    gr.Markdown(BOUNDS_CAPTION)
-    attack_table = gr.Dataframe(headers=ATTACK_COLUMNS, label="Attacks", interactive=False, wrap=True)
-    attack_plot = gr.Plot(label="Adversarial images and perturbations")
+    certified, attacked, attack_box = _results(start)
+    return _Widgets(
+        input_tabs, sketch, upload, models, epsilon, certify_btn, preprocess_btn, attack_btn, attack_status,
+        [preview, *certified], attacked, attack_box,
+    )  # fmt: skip
 
-    image_inputs = [sketch, upload]
-    certified = [preview, certify_table, probs_plot, certify_md]
-    attacked = [attack_plot, attack_table, bounds_plot, attack_md]
-    preprocess_btn.click(actions.preprocess, image_inputs, [preview], api_name="preprocess", **FAST)
-    certify_btn.click(actions.certify, [*image_inputs, models], certified, api_name="certify", **FAST)
-    busy = attack_btn.click(
-        lambda: (gr.Button(interactive=False), "Attacking…"),
+
+def _wire_attack(actions: Actions, w: _Widgets) -> gr.events.Dependency:
+    """Attack on click, the button disabled and the progress shown under it while it runs."""
+    busy = w.attack_btn.click(
+        lambda: (gr.Button(interactive=False), "Attacking…", gr.Column(visible=True)),
         None,
-        [attack_btn, attack_status],
+        [w.attack_btn, w.attack_status, w.attack_box],
         queue=False,
         **PRIVATE,
     )
     running = busy.then(
         actions.attack,
-        [*image_inputs, models, epsilon],
-        attacked,
+        [w.sketch, w.upload, w.models, w.epsilon],
+        w.attacked,
         api_name="attack",
         concurrency_id="attack",
         concurrency_limit=1,
-        show_progress_on=[attack_status],
+        show_progress_on=[w.attack_status],
     )
     running.then(
-        lambda: (gr.Button(interactive=True), "Done: the attack's results are below."),
+        lambda: (gr.Button(interactive=True), "Done: the attack's results are below the certificates."),
         None,
-        [attack_btn, attack_status],
+        [w.attack_btn, w.attack_status],
         queue=False,
         **PRIVATE,
     )
-    following = [*certified, *attacked, attack_btn]
-    sketch.change(
-        actions.from_sketch,
-        [sketch, upload, models],
-        [upload, *following],
-        cancels=[running],
-        trigger_mode="always_last",
-        show_progress="hidden",
+    return running
+
+
+def create_tab(store: ModelStore) -> CertifyTab:
+    """Build the tab inside an open ``gr.Tab``; it opens on the worked example (:func:`landing`)."""
+    actions, w = Actions(store), _layout(store, landing(store))
+    image_inputs = [w.sketch, w.upload]
+    w.preprocess_btn.click(actions.preprocess, image_inputs, w.certified[:1], api_name="preprocess", **FAST)
+    w.certify_btn.click(actions.certify, [*image_inputs, w.models], w.certified, api_name="certify", **FAST)
+    running = _wire_attack(actions, w)
+    following = [*w.certified, *w.attacked, w.attack_btn, w.attack_status, w.attack_box]
+    changed = {
+        "cancels": [running],
+        "trigger_mode": "always_last",
+        "show_progress": "hidden",
         **PRIVATE,
         **FAST,
+    }
+    w.sketch.change(actions.from_sketch, [w.sketch, w.upload, w.models], [w.upload, *following], **changed)
+    w.upload.change(
+        actions.from_upload, [w.upload, w.sketch, w.models], [w.sketch, w.input_tabs, *following], **changed
     )
-    upload.change(
-        actions.from_upload,
-        [upload, sketch, models],
-        [sketch, input_tabs, *following],
-        cancels=[running],
-        trigger_mode="always_last",
-        show_progress="hidden",
-        **PRIVATE,
-        **FAST,
-    )
-    return CertifyTab(sketch, upload)
+    return CertifyTab(w.sketch, w.upload)
