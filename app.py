@@ -29,6 +29,7 @@ CSS = """
 }
 #models-table { overflow-x: auto; }
 #models-table td { white-space: nowrap; }
+#models-table th { min-width: 5em; }
 """
 # A drawing needs the brush: select it when the canvas appears and again after Clear.
 HEAD = """<script>

@@ -39,6 +39,30 @@ class TrainingSnapshot:
     seconds: float
 
 
+def _check_run(
+    names: Sequence[str], images: torch.Tensor, labels: torch.Tensor, steps: int, batch_size: int, every: int
+) -> None:
+    if not names:
+        raise ValueError("choose at least one network to train")
+    if len(images) != len(labels) or len(images) == 0:
+        raise ValueError(f"need as many labels as images (got {len(images)} images, {len(labels)} labels)")
+    if steps < 0 or every < 1 or not 1 <= batch_size <= len(images):
+        raise ValueError(
+            f"need steps >= 0, report_every >= 1 and 1 <= batch_size <= {len(images)}; "
+            f"got {steps}, {every}, {batch_size}"
+        )
+
+
+def _fresh_models(names: Sequence[str], seed: int) -> dict[str, torch.nn.Module]:
+    """Each network initialised from the same seed, without touching the global RNG."""
+    models = {}
+    for name in names:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            models[name] = create_model(name)
+    return models
+
+
 def train_side_by_side(
     names: Sequence[str],
     images: torch.Tensor,
@@ -72,23 +96,13 @@ def train_side_by_side(
     Yields:
         A snapshot before the first step, every ``report_every`` steps, and after the last.
     """
-    if not names:
-        raise ValueError("choose at least one network to train")
-    if len(images) != len(labels) or len(images) == 0:
-        raise ValueError(f"need as many labels as images (got {len(images)} images, {len(labels)} labels)")
-    if steps < 0 or report_every < 1 or not 1 <= batch_size <= len(images):
-        raise ValueError(
-            f"need steps >= 0, report_every >= 1 and 1 <= batch_size <= {len(images)}; "
-            f"got {steps}, {report_every}, {batch_size}"
-        )
+    _check_run(names, images, labels, steps, batch_size, report_every)
     defaults = TrainConfig(model="")
     loss_fn = make_loss(loss)
-    models, optimizers = {}, {}
-    for name in names:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            models[name] = create_model(name)
-        optimizers[name] = torch.optim.Adam(models[name].parameters(), lr=defaults.lr)
+    models = _fresh_models(names, seed)
+    optimizers = {
+        name: torch.optim.Adam(model.parameters(), lr=defaults.lr) for name, model in models.items()
+    }
     gen = torch.Generator().manual_seed(seed)
     probe = torch.randperm(len(images), generator=gen)[:probe_size]
     probe_x, probe_y = images[probe], labels[probe]

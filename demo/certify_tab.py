@@ -96,7 +96,7 @@ def _attack_line(attack: ImageAttack) -> str:
             f"The nearest adversarial example is at least {attack.radius:.3f} away (certified); the "
             f"search found none within {SEARCH_MAX_EPS:g}."
         )
-    ratio = f"{attack.ratio:,.2f}×" if attack.ratio != float("inf") else "infinitely many times"
+    ratio = f"{attack.ratio:,.{2 if attack.ratio < 100 else 0}f}×" if attack.ratio != float("inf") else "∞×"
     return line + (
         f"The nearest adversarial example is between {attack.radius:.3f} (certified) and "
         f"{attack.upper:.3f} (found) away: the attack needed {ratio} the certified radius."
@@ -327,7 +327,7 @@ def _layout(store: ModelStore, start: dict[str, Any]) -> _Widgets:
             preprocess_btn = gr.Button("Preprocess", visible=False)  # API endpoint only
             epsilon = gr.Slider(EPS_MIN, EPS_MAX, value=EPS_DEFAULT, step=0.01, label="Attack radius ε (L2)")
             attack_btn = gr.Button("Attack (PGD + smallest-perturbation search)", elem_id="attack-button")
-            attack_status = gr.Markdown(ATTACK_PROMPT, elem_id="attack-status")
+            attack_status = gr.Markdown(ATTACK_PROMPT, elem_id="attack-status", min_height=60)
     certified, attacked, attack_box = _results(start)
     return _Widgets(
         input_tabs, sketch, upload, models, epsilon, certify_btn, preprocess_btn, attack_btn, attack_status,

@@ -196,7 +196,8 @@ def _jacobian_band(fig: go.Figure, name: str, layers: Sequence[LayerJacobian]) -
     color = model_color(name)
     fig.add_trace(_gradnorm_trace(name, labels, top, legend=False), row=1, col=2)
     band = _gradnorm_trace(name, labels, low, legend=False)
-    band.update(fill="tonexty", fillcolor=color, opacity=0.5)
+    red, green, blue = (int(color[i : i + 2], 16) for i in (1, 3, 5))
+    band.update(fill="tonexty", fillcolor=f"rgba({red}, {green}, {blue}, 0.2)")
     fig.add_trace(band, row=1, col=2)
 
 
@@ -208,7 +209,7 @@ def gradnorm_figure(rows: Sequence[tuple[str, list[LayerGradNorm], list[LayerJac
         cols=2,
         horizontal_spacing=0.1,
         subplot_titles=(
-            "One gradient: the logit margin's, for this image",
+            "One gradient, the logit margin's, at each layer's input",
             "Every output direction: Jacobian singular values, smallest to largest",
         ),
     )
@@ -218,8 +219,7 @@ def gradnorm_figure(rows: Sequence[tuple[str, list[LayerGradNorm], list[LayerJac
         _jacobian_band(fig, name, jacobian)
     fig.update_yaxes(title_text="‖∂ margin / ∂ layer input‖₂", type="log", row=1, col=1)
     fig.update_yaxes(title_text="singular value of ∂ logits / ∂ layer input", type="log", row=1, col=2)
-    fig.update_xaxes(title_text="layer input (input → output)")
-    fig.update_layout(height=460, legend=LEGEND_BELOW, margin={"t": 60})
+    fig.update_layout(height=480, legend={"orientation": "h", "y": -0.3}, margin={"t": 60})
     return fig
 
 
