@@ -26,7 +26,7 @@ from bcop.report import (
     certify_image,
 )
 from demo import figures
-from demo.errors import friendly
+from demo.errors import friendly, validated
 from demo.inputs import current_input, has_drawing, model_input, png_file, readable_upload
 from demo.store import ModelStore
 
@@ -322,10 +322,12 @@ def _layout(store: ModelStore, start: dict[str, Any]) -> _Widgets:
                 elem_id="model-input",
             )
             gr.Markdown(DIGITS_ONLY, elem_id="digits-only")
-            models = gr.CheckboxGroup(store.names, value=store.defaults(), label="Models")
+            models = validated(gr.CheckboxGroup(store.names, value=store.defaults(), label="Models"))
             certify_btn = gr.Button("Certify", variant="primary")
             preprocess_btn = gr.Button("Preprocess", visible=False)  # API endpoint only
-            epsilon = gr.Slider(EPS_MIN, EPS_MAX, value=EPS_DEFAULT, step=0.01, label="Attack radius ε (L2)")
+            epsilon = validated(
+                gr.Slider(EPS_MIN, EPS_MAX, value=EPS_DEFAULT, step=0.01, label="Attack radius ε (L2)")
+            )
             attack_btn = gr.Button("Attack (PGD + smallest-perturbation search)", elem_id="attack-button")
             attack_status = gr.Markdown(ATTACK_PROMPT, elem_id="attack-status", min_height=60)
     certified, attacked, attack_box = _results(start)

@@ -6,11 +6,12 @@ import functools
 import inspect
 import logging
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 import gradio as gr
 
 log = logging.getLogger("bcop.app")
+C = TypeVar("C", bound=gr.components.Component)
 
 # What a visitor's input can cause (a bad image, a bad choice): shown as it is, logged in one line.
 USER_ERRORS = (ValueError, TypeError, OSError, RuntimeError)
@@ -53,3 +54,21 @@ def friendly(fn: Callable) -> Callable:
             raise _page_error(err, where) from err
 
     return wrapper
+
+
+def validated(component: C) -> C:
+    """Make Gradio's own check of an input's value (a choice not offered, a number out of range,
+    which only API clients can send) a one-line refusal like ours: the stock error has its
+    traceback printed. Wraps the instance's ``preprocess``, as :func:`demo.inputs.readable_upload`."""
+    preprocess = component.preprocess
+    where = f"{type(component).__name__} input"
+
+    @functools.wraps(preprocess)
+    def checked(payload: Any) -> Any:
+        try:
+            return preprocess(payload)
+        except gr.Error as err:
+            raise refuse(str(err.message), where) from err
+
+    component.preprocess = checked  # type: ignore[method-assign]
+    return component

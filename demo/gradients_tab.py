@@ -18,7 +18,7 @@ from bcop.live import TrainingSnapshot, train_side_by_side
 from bcop.spectra import jacobian_spectra
 from demo import figures
 from demo.certify_tab import FAST, PRIVATE, CertifyTab
-from demo.errors import friendly
+from demo.errors import friendly, validated
 from demo.inputs import current_input, model_input
 from demo.store import ModelStore
 
@@ -157,13 +157,15 @@ class Actions:
 def _live_section() -> tuple[gr.CheckboxGroup, gr.Slider, gr.Slider, gr.Radio, gr.Button, gr.Button]:
     gr.Markdown(LIVE_INTRO)
     with gr.Row():
-        live_models = gr.CheckboxGroup(
-            list(LIVE_MODELS), value=list(DEFAULT_LIVE_MODELS), label="Networks", scale=3
+        live_models = validated(
+            gr.CheckboxGroup(list(LIVE_MODELS), value=list(DEFAULT_LIVE_MODELS), label="Networks", scale=3)
         )
         with gr.Column(scale=2):
-            steps = gr.Slider(1, MAX_TRAIN_STEPS, value=DEFAULT_TRAIN_STEPS, step=1, label="Steps")
-            batch = gr.Slider(MIN_BATCH, MAX_BATCH, value=DEFAULT_BATCH, step=8, label="Batch size")
-            loss = gr.Radio(list(TRAIN_LOSSES), value="hinge", label="Loss (same for all)")
+            steps = validated(gr.Slider(1, MAX_TRAIN_STEPS, value=DEFAULT_TRAIN_STEPS, step=1, label="Steps"))
+            batch = validated(
+                gr.Slider(MIN_BATCH, MAX_BATCH, value=DEFAULT_BATCH, step=8, label="Batch size")
+            )
+            loss = validated(gr.Radio(list(TRAIN_LOSSES), value="hinge", label="Loss (same for all)"))
     with gr.Row():
         train_btn = gr.Button("Train", variant="primary")
         stop_btn = gr.Button("Stop")
@@ -175,7 +177,9 @@ def create_tab(store: ModelStore, tab: gr.Tab, certify: CertifyTab) -> None:
     actions, image_inputs = Actions(store), certify.image_inputs
     gr.Markdown(INTRO)
     with gr.Row():
-        grad_models = gr.CheckboxGroup(store.names, value=store.defaults(), label="Models", scale=3)
+        grad_models = validated(
+            gr.CheckboxGroup(store.names, value=store.defaults(), label="Models", scale=3)
+        )
         grad_btn = gr.Button("Gradient norms for the current image", scale=1)
     grad_plot = gr.Plot(label="Per-layer gradient norms")
     live_models, steps, batch, loss, train_btn, stop_btn = _live_section()

@@ -13,7 +13,7 @@ from bcop.hub import checkpoints_dir
 from bcop.report import certified_curve
 from demo import figures
 from demo.certify_tab import FAST, PRIVATE
-from demo.errors import friendly
+from demo.errors import friendly, validated
 from demo.store import ModelStore, ServedModel, display_path, hub_url
 
 EVAL_EPS = "1.58"  # the key of the headline metrics in eval_results.json
@@ -114,7 +114,7 @@ def create_tab(store: ModelStore, demo: gr.Blocks) -> None:
     gr.Markdown(COLUMNS_NOTE)
     chart = gr.Plot(label="Certified accuracy against ε")
     gr.Markdown("### Model card")
-    card_choice = gr.Dropdown(names, value=names[0] if names else None, label="Model")
+    card_choice = validated(gr.Dropdown(names, value=names[0] if names else None, label="Model"))
     card = gr.Markdown(elem_id="model-card")
     demo.load(actions.overview, None, [overview], api_name="models", **FAST)
     demo.load(actions.accuracy_chart, None, [chart], **PRIVATE, **FAST)

@@ -10,7 +10,7 @@ import plotly.graph_objects as go
 
 from demo import figures
 from demo.certify_tab import FAST, PRIVATE
-from demo.errors import friendly
+from demo.errors import friendly, validated
 from demo.store import ModelStore
 
 SPECTRA_COLUMNS = ["model", "layer", "input (C×H×W)", "count", "min σ", "median σ", "max σ"]
@@ -56,7 +56,7 @@ def create_tab(store: ModelStore, tab: gr.Tab) -> None:
     actions = Actions(store)
     gr.Markdown(INTRO)
     with gr.Row():
-        sv_models = gr.CheckboxGroup(store.names, value=store.defaults(), label="Models", scale=3)
+        sv_models = validated(gr.CheckboxGroup(store.names, value=store.defaults(), label="Models", scale=3))
         sv_btn = gr.Button("Show singular values", scale=1)
     sv_plot = gr.Plot(label="Singular values per layer")
     sv_table = gr.Dataframe(headers=SPECTRA_COLUMNS, label="Summary", interactive=False)

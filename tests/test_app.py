@@ -36,6 +36,7 @@ import demo.store
 from bcop.data import to_mnist_format
 from bcop.report import ImageCertificate
 from demo import certify_tab, gradients_tab, models_tab
+from demo.errors import validated
 from demo.inputs import NO_IMAGE_MESSAGE
 from demo.store import ModelStore
 
@@ -298,6 +299,15 @@ def test_a_user_error_is_logged_in_one_line_without_traceback(
         certify_tab.Actions(store).certify(None, None, MODELS)
     (record,) = [r for r in caplog.records if r.name == "bcop.app"]
     assert record.getMessage() == f"certify refused: {NO_IMAGE_MESSAGE}" and record.exc_info is None
+
+
+def test_gradios_own_refusals_are_logged_in_one_line_too(caplog: pytest.LogCaptureFixture) -> None:
+    choice = validated(gr.CheckboxGroup(["bcop-small-mnist"]))
+    with caplog.at_level(logging.INFO, logger="bcop.app"), pytest.raises(gr.Error) as caught:
+        choice.preprocess(["resnet-50"])
+    assert caught.value.print_exception is False and "not in the list of choices" in str(caught.value)
+    (record,) = [r for r in caplog.records if r.name == "bcop.app"]
+    assert record.getMessage().startswith("CheckboxGroup input refused:") and record.exc_info is None
 
 
 def test_results_follow_the_input_and_clearing_it_clears_them(store: ModelStore, tmp_path: Path) -> None:
