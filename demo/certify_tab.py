@@ -26,7 +26,7 @@ from bcop.report import (
     certify_image,
 )
 from demo import figures
-from demo.errors import friendly, validated
+from demo.errors import friendly, log, validated
 from demo.inputs import current_input, has_drawing, model_input, png_file, readable_upload
 from demo.store import ModelStore
 
@@ -130,6 +130,13 @@ def _nothing() -> tuple[Any, ...]:
     return None, _empty([*CERTIFY_COLUMNS, "loaded from"]), None, "", *_cleared_attack()
 
 
+def _unusable(message: str) -> tuple[Any, ...]:
+    """Every result cleared, the summary saying why the new image cannot be used."""
+    log.info("input refused: %s", message)
+    gr.Warning(message)
+    return None, _empty([*CERTIFY_COLUMNS, "loaded from"]), None, f"**{message}**", *_cleared_attack()
+
+
 def _follow(store: ModelStore, x: torch.Tensor | None, models: list[str]) -> tuple[Any, ...]:
     """Results for a new input ``x``: certified (when models are chosen), attacks cleared."""
     if x is None:
@@ -170,8 +177,11 @@ class Actions:
             if has_drawing(sketch):
                 return (gr.skip(),) * (2 + len(_nothing()))  # removed because a drawing became the input
             return gr.skip(), gr.skip(), *_nothing()
-        results = _follow(self.store, model_input(None, upload), models)
-        return None, gr.Tabs(selected="upload"), *results
+        try:
+            x = model_input(None, upload)
+        except ValueError as err:
+            return None, gr.Tabs(selected="upload"), *_unusable(str(err))
+        return None, gr.Tabs(selected="upload"), *_follow(self.store, x, models)
 
     @friendly
     def attack(

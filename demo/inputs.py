@@ -16,7 +16,6 @@ import torch
 from PIL import Image
 
 from bcop.data import BLANK_MESSAGE, to_mnist_format
-from demo.errors import refuse
 
 PREVIEW_DIR = Path(tempfile.gettempdir()) / "bcop-app" / "inputs"
 NO_IMAGE_MESSAGE = "no image yet: draw a digit, upload an image or pick an example"
@@ -34,8 +33,15 @@ def _drawing(sketch: dict | None) -> torch.Tensor | None:
         raise
 
 
+class UnreadableUpload(str):
+    """What :func:`readable_upload` passes on for a file it cannot read: the reason, as a str so
+    that Gradio hands it to the event, which can then clear the results of the previous image."""
+
+
 def _upload(path: str) -> torch.Tensor:
     """The model input of an uploaded file; errors name the file, not the server's copy of it."""
+    if isinstance(path, UnreadableUpload):
+        raise ValueError(str(path))
     try:
         return to_mnist_format(path).unsqueeze(0)
     except ValueError as err:
@@ -98,21 +104,22 @@ def _unreadable(name: str, err: Exception) -> str:
 
 
 def readable_upload(component: gr.Image) -> gr.Image:
-    """Make an image input refuse unreadable, vector (SVG) and oversized uploads with a message
-    naming the file (the stock component lets the imaging library's exception through, and passes
-    SVG files on as they are). Wraps the instance's ``preprocess``: a subclass would make Gradio
-    write a ``.pyi`` stub beside this file."""
+    """Make an image input pass on an :class:`UnreadableUpload` saying what is wrong, naming the
+    file, for unreadable, vector (SVG) and oversized uploads (the stock component lets the
+    imaging library's exception through, and passes SVG files on as they are); :func:`model_input`
+    raises it. Wraps the instance's ``preprocess``: a subclass would make Gradio write a ``.pyi``
+    stub beside this file."""
     preprocess = component.preprocess
 
     @functools.wraps(preprocess)
     def checked(payload: Any) -> Any:
         name = getattr(payload, "orig_name", None) or "the upload"
         if Path(name).suffix.lower() == ".svg":
-            raise refuse(f"{name} is a vector (SVG) image: export it as a PNG and upload that", "upload")
+            return UnreadableUpload(f"{name} is a vector (SVG) image: export it as a PNG and upload that")
         try:
             return preprocess(payload)
         except Exception as err:
-            raise refuse(_unreadable(name, err), "upload") from err
+            return UnreadableUpload(_unreadable(name, err))
 
     component.preprocess = checked  # type: ignore[method-assign]
     return component

@@ -37,7 +37,7 @@ from bcop.data import to_mnist_format
 from bcop.report import ImageCertificate
 from demo import certify_tab, gradients_tab, models_tab
 from demo.errors import validated
-from demo.inputs import NO_IMAGE_MESSAGE
+from demo.inputs import NO_IMAGE_MESSAGE, UnreadableUpload
 from demo.store import ModelStore
 
 EXAMPLE = EXAMPLES / "digit_7_0.png"
@@ -327,6 +327,15 @@ def test_results_follow_the_input_and_clearing_it_clears_them(store: ModelStore,
     assert all(value == gr.skip() for value in skipped), (
         "the canvas was cleared by an upload: keep its results"
     )
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning outside a request
+def test_an_unusable_new_image_clears_the_old_results_and_says_why(store: ModelStore, tmp_path: Path) -> None:
+    actions = certify_tab.Actions(store)
+    blank = png(tmp_path, "blank.png", np.full((50, 50), 255, np.uint8))
+    for upload, words in [(blank, "the image is blank"), (UnreadableUpload("x.svg is a vector"), "x.svg")]:
+        _, _, preview, certificates, chart, summary, *_ = actions.from_upload(upload, None, MODELS)
+        assert preview is None and certificates.empty and chart is None and words in summary
 
 
 def test_the_page_opens_on_a_worked_example_computed_once(store: ModelStore) -> None:
