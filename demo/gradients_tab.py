@@ -5,6 +5,7 @@ live side-by-side training run from scratch."""
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -35,6 +36,7 @@ MAX_TRAIN_STEPS, DEFAULT_TRAIN_STEPS = 500, 200
 MIN_BATCH, MAX_BATCH, DEFAULT_BATCH = 8, 128, 64
 TRAIN_TIME_LIMIT_S = 180.0
 TRAIN_LOSSES = ("hinge", "ce")
+STOPPED = " · stopped (you pressed Stop)"
 
 INTRO = (
     "How much of the output's gradient reaches each layer of the current image's networks. "
@@ -88,18 +90,19 @@ def _status(snapshot: TrainingSnapshot) -> str:
     return status + (f" · loss: {last}" if last else "")
 
 
-def stopped(status: str | None) -> str:
-    """The status after the visitor pressed Stop."""
-    if status and (" · done" in status or " · stopped" in status):
-        return status
-    return (status or "not started") + " · stopped (you pressed Stop)"
-
-
 class Actions:
     """The tab's event handlers (also the API endpoints ``gradient_norms`` and ``train_live``)."""
 
     def __init__(self, store: ModelStore) -> None:
         self.store = store
+        self._stops: dict[str, threading.Event] = {}  # per session: its training should stop
+
+    def stop(self, request: gr.Request) -> None:
+        """Ask the live training of this visitor's session to stop at its next snapshot, which
+        it then shows as stopped (cancelling the event instead would leave the page's status at
+        the last snapshot, with no word that it stopped)."""
+        if request.session_hash in self._stops:
+            self._stops[request.session_hash].set()
 
     @friendly
     def gradient_norms(self, sketch: dict | None, upload: str | None, models: list[str]) -> go.Figure:
@@ -123,7 +126,7 @@ class Actions:
 
     @friendly
     def train_live(
-        self, models: list[str], steps: float, batch_size: float, loss: str
+        self, models: list[str], steps: float, batch_size: float, loss: str, request: gr.Request
     ) -> Iterator[tuple[go.Figure, str]]:
         """Train small networks from scratch side by side, streaming gradient norms and losses."""
         names = _check_training(models, steps, batch_size, loss)
@@ -145,13 +148,25 @@ class Actions:
             loss=loss,
             report_every=max(5, steps // 50),
         )
-        for snapshot in runs:
-            if snapshot.seconds > TRAIN_TIME_LIMIT_S and snapshot.step < steps:
-                limit = f" · stopped at the {TRAIN_TIME_LIMIT_S:.0f} s time limit"
-                yield figures.training_figure(snapshot), _status(snapshot) + limit
-                return
-            done = " · done" if snapshot.step == steps else ""
-            yield figures.training_figure(snapshot), _status(snapshot) + done
+        stop = self._stops[request.session_hash] = threading.Event()
+        try:
+            yield from _reported(runs, stop)
+        finally:
+            self._stops.pop(request.session_hash, None)
+
+
+def _reported(runs: Iterator[TrainingSnapshot], stop: threading.Event) -> Iterator[tuple[go.Figure, str]]:
+    """Chart and status of each snapshot, until the last, the time limit or ``stop``."""
+    for snapshot in runs:
+        done = snapshot.step == snapshot.total_steps
+        if stop.is_set() and not done:
+            yield figures.training_figure(snapshot), _status(snapshot) + STOPPED
+            return
+        if snapshot.seconds > TRAIN_TIME_LIMIT_S and not done:
+            limit = f" · stopped at the {TRAIN_TIME_LIMIT_S:.0f} s time limit"
+            yield figures.training_figure(snapshot), _status(snapshot) + limit
+            return
+        yield figures.training_figure(snapshot), _status(snapshot) + (" · done" if done else "")
 
 
 def _live_section() -> tuple[gr.CheckboxGroup, gr.Slider, gr.Slider, gr.Radio, gr.Button, gr.Button]:
@@ -192,7 +207,7 @@ def create_tab(store: ModelStore, tab: gr.Tab, certify: CertifyTab) -> None:
         shown(actions.when_shown, inputs, [grad_plot], **PRIVATE, **FAST)
     for changed in (certify.sketch.change, certify.upload.change):  # the chart belongs to the old image
         changed(lambda: None, None, [grad_plot], queue=False, show_progress="hidden", **PRIVATE)
-    train_event = train_btn.click(
+    train_btn.click(
         actions.train_live,
         [live_models, steps, batch, loss],
         [train_plot, train_status],
@@ -200,4 +215,4 @@ def create_tab(store: ModelStore, tab: gr.Tab, certify: CertifyTab) -> None:
         concurrency_id="train",
         concurrency_limit=1,
     )
-    stop_btn.click(stopped, [train_status], [train_status], cancels=[train_event], queue=False, **PRIVATE)
+    stop_btn.click(actions.stop, None, None, queue=False, **PRIVATE)

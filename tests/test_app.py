@@ -12,6 +12,7 @@ import logging
 import math
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
@@ -224,9 +225,18 @@ def test_live_training_streams_updates_until_done(client: Client) -> None:
     assert names == {"bcop-small-mnist", "plain-small-mnist"}
 
 
-def test_stop_says_that_training_stopped() -> None:
-    assert gradients_tab.stopped("step 80/500 · 12.0 s").endswith("stopped (you pressed Stop)")
-    assert gradients_tab.stopped("step 10/10 · 3.0 s · done") == "step 10/10 · 3.0 s · done"
+def test_stop_ends_the_training_with_a_status_that_says_it_stopped(store: ModelStore) -> None:
+    actions, request = gradients_tab.Actions(store), SimpleNamespace(session_hash="visitor")
+    other = SimpleNamespace(session_hash="someone else")
+    run = actions.train_live(["bcop-small-mnist"], 100, 8, "hinge", request)
+    _, status = next(run)
+    assert status.startswith("step 0/100")
+    actions.stop(other)  # another visitor's Stop does not stop this run
+    assert "stopped" not in next(run)[1]
+    actions.stop(request)
+    _, status = next(run)
+    assert status.endswith(gradients_tab.STOPPED) and "step 10/100" in status
+    assert next(run, None) is None
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # 10^8 pixels, on purpose

@@ -146,3 +146,19 @@ def test_stop_ends_the_live_training_and_says_so(page: sync_api.Page) -> None:
     status.get_by_text(re.compile(r"step \d+/200")).wait_for()
     page.get_by_role("button", name="Stop", exact=True).click()
     status.get_by_text("stopped (you pressed Stop)").wait_for()
+
+
+def test_the_attack_button_waits_while_it_runs_and_the_progress_shows_under_it(page: sync_api.Page) -> None:
+    button = page.locator("#attack-button")
+    assert not page.locator("#attack-summary").is_visible(), "no empty attack charts before an attack"
+    page.evaluate(
+        """() => new MutationObserver(() => {
+            window.attackButtonWasDisabled ||= document.querySelector('#attack-button').disabled;
+        }).observe(document.body, {subtree: true, attributes: true, childList: true})"""
+    )
+    button.click()
+    page.locator("#attack-status").get_by_text("Done").wait_for()
+    assert page.evaluate("() => window.attackButtonWasDisabled"), "disabled while the attack ran"
+    assert button.is_enabled()
+    text = page.locator("#attack-summary").inner_text()
+    assert all(f"{name}: PGD at ε = 1.58" in text for name in MODELS), text
