@@ -119,8 +119,11 @@ class Actions:
     @friendly
     def when_shown(self, sketch: dict | None, upload: str | None, models: list[str]) -> go.Figure | Any:
         """:meth:`gradient_norms` when the tab opens or the models change; the chart is left as
-        it is (no error) while there is no image or no model to show."""
-        if not models or current_input(sketch, upload) is None:
+        it is (no error) while there is no usable image or no model to show."""
+        try:
+            if not models or current_input(sketch, upload) is None:
+                return gr.skip()
+        except ValueError:  # an unusable image: the Certify tab says why
             return gr.skip()
         return self.gradient_norms(sketch, upload, models)
 

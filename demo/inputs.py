@@ -54,14 +54,14 @@ def model_input(sketch: dict | None, upload: str | None) -> torch.Tensor:
     Raises:
         ValueError: nothing given (NO_IMAGE_MESSAGE), or an image without a digit or unreadable.
     """
-    x = _upload(upload) if upload is not None else _drawing(sketch)
+    x = current_input(sketch, upload)
     if x is None:
         raise ValueError(NO_IMAGE_MESSAGE)
     return x
 
 
 def current_input(sketch: dict | None, upload: str | None) -> torch.Tensor | None:
-    """:func:`model_input`, or None when there is no image."""
+    """:func:`model_input`, or None when there is no image (nothing given, or an empty canvas)."""
     return _upload(upload) if upload is not None else _drawing(sketch)
 
 
