@@ -28,8 +28,7 @@ CSS = """
   image-rendering: pixelated; object-fit: contain; width: 100%; height: 100%;
 }
 #models-table { overflow-x: auto; }
-#models-table td { white-space: nowrap; }
-#models-table th { min-width: 5em; }
+#models-table td, #models-table th { white-space: nowrap; }
 """
 # A drawing needs the brush: select it when the canvas appears and again after Clear.
 HEAD = """<script>

@@ -18,13 +18,14 @@ from demo.store import ModelStore, ServedModel, display_path, hub_url
 
 EVAL_EPS = "1.58"  # the key of the headline metrics in eval_results.json
 HEADER = (
-    "| model | clean | certified (ε = 1.58) | PGD (ε = 1.58) | PGD, paper's attack (ε = 1.58) "
-    "| Lipschitz bound | paper: clean / certified / PGD | loaded from | model card |\n"
+    "| model | clean | certified | PGD | PGD, paper's attack | Lipschitz bound "
+    "| paper: clean / certified / PGD | loaded from | model card |\n"
     "|---|---|---|---|---|---|---|---|---|"
 )
 COLUMNS_NOTE = (
-    "Accuracies on the 10,000 MNIST test images, in %. **Certified**: correct, with a certified "
-    "radius of at least ε, a proven lower bound on robust accuracy. The two PGD columns are attacks, "
+    "Accuracies on the 10,000 MNIST test images, in %, at the L2 radius ε = 1.58 of the paper. "
+    "**Certified**: correct, with a certified radius of at least ε, a proven lower bound on robust "
+    "accuracy. The two PGD columns are attacks, "
     "upper bounds on it: **PGD** is 200 steps of 0.01 from a random start in the ε-ball, maximising "
     "the logit margin, and an image counts as broken if any step fools the model (the stronger "
     "attack); **PGD, paper's attack** starts where the paper's evaluation code does and counts only "
@@ -110,8 +111,8 @@ class Actions:
 def create_tab(store: ModelStore, demo: gr.Blocks) -> None:
     """Build the tab inside an open ``gr.Tab``; its contents load with the page of ``demo``."""
     actions, names = Actions(store), store.names
-    overview = gr.Markdown("Loading the models…", elem_id="models-table")
     gr.Markdown(COLUMNS_NOTE)
+    overview = gr.Markdown("Loading the models…", elem_id="models-table")
     chart = gr.Plot(label="Certified accuracy against ε")
     gr.Markdown("### Model card")
     card_choice = validated(gr.Dropdown(names, value=names[0] if names else None, label="Model"))
