@@ -439,9 +439,18 @@ def _shrink(image: Image.Image) -> Image.Image:
     return image.resize(size, Image.Resampling.LANCZOS, reducing_gap=2.0)
 
 
+def _backdrop(rgba: Image.Image) -> tuple[int, int, int, int]:
+    """What fills the transparency of an RGBA image: white, unless its visible pixels are light
+    on average (a white digit on a transparent background), then black, so the ink contrasts."""
+    pixels = np.asarray(rgba, dtype=np.float64)
+    alpha = pixels[..., 3]
+    light = alpha.sum() > 0 and (pixels[..., :3].mean(axis=2) * alpha).sum() / alpha.sum() > 127.5
+    return (0, 0, 0, 255) if light else (255, 255, 255, 255)
+
+
 def _pil_to_gray(image: Image.Image) -> np.ndarray:
     """PIL image -> (H, W) float64 in [0, 1], longer side at most MAX_SIDE, transparency
-    composited onto white. Animated images use frame 0."""
+    composited onto white (onto black for light ink, see _backdrop). Animated images use frame 0."""
     if getattr(image, "is_animated", False):
         image.seek(0)
     image.draft(None, (MAX_SIDE, MAX_SIDE))  # JPEG: decode at a reduced scale; else no-op
@@ -453,8 +462,7 @@ def _pil_to_gray(image: Image.Image) -> np.ndarray:
             image = _array_to_pil(pixels)
         if image.has_transparency_data:
             image = _shrink(image.convert("RGBA"))
-            white = Image.new("RGBA", image.size, (255, 255, 255, 255))
-            image = Image.alpha_composite(white, image)
+            image = Image.alpha_composite(Image.new("RGBA", image.size, _backdrop(image)), image)
         image = _shrink(image.convert("L"))
     except OSError as err:
         raise ValueError(f"the image file is damaged or truncated: {err}") from err

@@ -269,3 +269,45 @@ def push_to_hub(folder: str | Path, repo_id: str, token: str | None = None, priv
     url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model")
     return str(url)
+
+
+# --- Interim versions of HUB's interface (issue 20), for the demo branch: the lead keeps HUB's. ---
+
+HUB_OWNER = "bcop-lipschitz"
+PRETRAINED_MODELS: tuple[str, ...] = (
+    "bcop-large-mnist",
+    "rko-large-mnist",
+    "ossn-large-mnist",
+    "svcm-large-mnist",
+    "bcop-small-mnist",
+    "plain-large-mnist",
+)
+_reachable: list[bool] = []  # the one probe's answer, once made
+
+
+def hub_owner() -> str:
+    """The Hub owner of the pretrained models: ``$BCOP_HUB_REPO`` when set ("" means no Hub),
+    else :data:`HUB_OWNER`."""
+    return os.environ.get("BCOP_HUB_REPO", HUB_OWNER)
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hub answers at all (any HTTP status counts); probed once per process."""
+    if not _reachable:
+        import urllib.error
+        import urllib.request
+
+        from huggingface_hub import constants
+
+        answer = not constants.HF_HUB_OFFLINE
+        if answer:
+            try:
+                urllib.request.urlopen(f"{constants.ENDPOINT}/api/models?limit=1", timeout=timeout).close()
+            except urllib.error.HTTPError:
+                pass
+            except (OSError, ValueError):
+                answer = False
+        if not answer:
+            warnings.warn("the Hugging Face Hub cannot be reached: using embedded checkpoints", stacklevel=2)
+        _reachable.append(answer)
+    return _reachable[0]

@@ -28,18 +28,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -47,70 +42,32 @@ from typing import Any
 import torch
 from gradio_client import Client, handle_file
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import app  # noqa: E402
 from bcop.attacks import pgd_l2  # noqa: E402
 from bcop.data import to_mnist_format  # noqa: E402
-from bcop.hub import save_model  # noqa: E402
-from bcop.models import create_model  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    EXAMPLE,
+    HOST,
+    MODELS,
+    ROOT,
+    free_port,
+    prepare_checkpoints,
+    start_app,
+    stop_app,
+    write_results,
+)
+from demo.certify_tab import Actions  # noqa: E402
 
-MODELS = ["bcop-large-mnist", "rko-large-mnist", "plain-large-mnist"]
-EXAMPLE = ROOT / "examples" / "digit_7_0.png"
-HOST = "127.0.0.1"
 TARGETS_S = {"page_ready": 15.0, "certify_http": 0.3, "pgd_200": 3.0, "gradient_norms_http": 0.5}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def prepare_checkpoints(source: Path, workdir: Path) -> tuple[Path, list[str]]:
-    """A folder with every model of MODELS: links to ``source`` where present, fresh ones else."""
-    folder = workdir / "checkpoints"
-    folder.mkdir()
-    fresh = []
-    for name in MODELS:
-        if (source / name / "config.json").is_file():
-            (folder / name).symlink_to((source / name).resolve())
-        else:
-            torch.manual_seed(0)
-            save_model(create_model(name), folder / name)
-            fresh.append(name)
-    return folder, fresh
-
-
-def page_ready(checkpoints: Path, timeout: float = 120.0) -> float:
+def page_ready(checkpoints: Path) -> float:
     """Seconds from starting ``python app.py`` to an HTTP 200 on ``/``."""
-    port = free_port()
-    env = {**os.environ, "BCOP_CHECKPOINTS": str(checkpoints), "GRADIO_ANALYTICS_ENABLED": "False"}
-    env.pop("BCOP_HUB_REPO", None)
-    start = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--host", HOST, "--port", str(port), "--no-warm"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        while time.perf_counter() - start < timeout:
-            try:
-                with urllib.request.urlopen(f"http://{HOST}:{port}/", timeout=2) as response:
-                    if response.status == 200:
-                        return time.perf_counter() - start
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            if process.poll() is not None:
-                raise RuntimeError(f"app.py exited with status {process.returncode} before serving")
-            time.sleep(0.1)
-        raise TimeoutError(f"app.py did not serve / within {timeout} s")
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    process, seconds = start_app(checkpoints, free_port(), ["--no-warm"])
+    stop_app(process)
+    return seconds
 
 
 def timed(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
@@ -127,7 +84,7 @@ def timed(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
 def measure(checkpoints: Path, repeats: int) -> dict[str, dict[str, float]]:
     """Steady-state latencies of the app served in this process."""
     os.environ["BCOP_CHECKPOINTS"] = str(checkpoints)
-    os.environ.pop("BCOP_HUB_REPO", None)
+    os.environ["BCOP_HUB_REPO"] = ""
 
     demo = app.launch(host=HOST, port=free_port(), warm=False)
     try:
@@ -137,7 +94,7 @@ def measure(checkpoints: Path, repeats: int) -> dict[str, dict[str, float]]:
         served = demo.store.get(one[0])
         x = to_mnist_format(str(EXAMPLE)).unsqueeze(0)
         y = served.model(x).argmax(dim=1)
-        handlers = app.Demo(demo.store)
+        handlers = Actions(demo.store)
         return {
             "certify_http": timed(lambda: client.predict(None, image, MODELS, api_name="/certify"), repeats),
             "certify_handler": timed(lambda: handlers.certify(None, str(EXAMPLE), MODELS), repeats),
@@ -218,12 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         "targets_s": TARGETS_S,
         "timings": timings,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    out.with_suffix(".md").write_text(table)
-    print(table)
+    write_results(args.out, results, markdown(results))
     missed = [k for k, t in TARGETS_S.items() if timings[k]["median_s"] >= t]
     return 1 if missed and not args.no_fail else 0
 

@@ -22,28 +22,33 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import random
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gradio_client import Client, handle_file
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from app_latency import EXAMPLE, HOST, MODELS, free_port, prepare_checkpoints  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    EXAMPLE,
+    HOST,
+    MODELS,
+    ROOT,
+    free_port,
+    prepare_checkpoints,
+    start_app,
+    stop_app,
+    write_results,
+)
 
 MIX = (("certify", 0.60), ("gradient_norms", 0.25), ("preprocess", 0.10), ("attack", 0.05))
 
@@ -53,31 +58,6 @@ class Sample:
     endpoint: str
     seconds: float
     error: str | None
-
-
-def start_app(checkpoints: Path, port: int, timeout: float = 120.0) -> subprocess.Popen:
-    env = {**os.environ, "BCOP_CHECKPOINTS": str(checkpoints), "GRADIO_ANALYTICS_ENABLED": "False"}
-    env.pop("BCOP_HUB_REPO", None)
-    process = subprocess.Popen(
-        [sys.executable, str(ROOT / "app.py"), "--host", HOST, "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    start = time.perf_counter()
-    while time.perf_counter() - start < timeout:
-        try:
-            with urllib.request.urlopen(f"http://{HOST}:{port}/", timeout=2) as response:
-                if response.status == 200:
-                    return process
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if process.poll() is not None:
-            raise RuntimeError(f"app.py exited with status {process.returncode} before serving")
-        time.sleep(0.2)
-    process.terminate()
-    raise TimeoutError(f"app.py did not serve / within {timeout} s")
 
 
 def peak_memory_mb(pid: int) -> float | None:
@@ -193,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     process = None
     try:
         checkpoints, fresh = prepare_checkpoints(args.checkpoints, workdir)
-        process = start_app(checkpoints, port)
+        process, _ = start_app(checkpoints, port)
         url = f"http://{HOST}:{port}/"
         samples: list[Sample] = []
         lock = threading.Lock()
@@ -211,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         memory = peak_memory_mb(process.pid)
     finally:
         if process is not None:
-            process.terminate()
-            process.wait(timeout=30)
+            stop_app(process)
         shutil.rmtree(workdir, ignore_errors=True)
     results = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -226,12 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         "server_peak_memory_mb": memory,
         "summary": summarise(samples, wall),
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    out.with_suffix(".md").write_text(table)
-    print(table)
+    write_results(args.out, results, markdown(results))
     return 1 if results["summary"]["overall"]["errors"] else 0
 
 

@@ -1,4 +1,5 @@
-"""The Gradio app, driven over HTTP with gradio_client: every endpoint, good and bad input.
+"""The Gradio app: its endpoints driven over HTTP with gradio_client (good and bad input), and its
+handlers called directly for what the page does on its own (results following the input).
 
 The app runs in this process on 127.0.0.1 (a free port) with a temporary checkpoints folder of
 freshly initialised Small models, so nothing here depends on training progress.
@@ -7,85 +8,58 @@ freshly initialised Small models, so nothing here depends on training progress.
 from __future__ import annotations
 
 import json
+import logging
 import math
-import socket
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
 import pytest
 import torch
+from app_helpers import (
+    EXAMPLES,
+    MODELS,
+    digit_strokes,
+    huge_png_header,
+    make_checkpoints,
+    png,
+    served,
+    white_on_transparent,
+)
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 from PIL import Image
 
-import app
 import bcop.hub
-from bcop.hub import save_model
-from bcop.inspect import EVAL_RESULTS_FILE
-from bcop.models import create_model
+import demo.store
+from bcop.data import to_mnist_format
+from bcop.report import ImageCertificate
+from demo import certify_tab, gradients_tab, models_tab
+from demo.errors import validated
+from demo.inputs import NO_IMAGE_MESSAGE, UnreadableUpload
+from demo.store import ModelStore
 
-MODELS = ["bcop-small-mnist", "plain-small-mnist", "rko-small-mnist"]
-EXAMPLE = app.EXAMPLES_DIR / "digit_7_0.png"
-EVALUATED = {
-    "model": "bcop-small-mnist",
-    "n_test": 10000,
-    "clean": 0.975,
-    "certified": {"1.58": 0.456},
-    "pgd": {"1.58": 0.789},
-    "pgd_paper_attack": {"1.58": 0.812},
-    "fgm": {"1.58": 0.8},
-    "lipschitz": 1.0,
-    "paper": {"clean": 0.9754, "certified": 0.4562, "pgd": 0.7501},
-}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def make_checkpoints(root: Path, names: list[str]) -> Path:
-    """Fresh (untrained) models in Hub layout; the first gets a card and evaluation results."""
-    for i, name in enumerate(names):
-        torch.manual_seed(i)
-        card = f"# {name}\n\nA freshly initialised test model.\n" if i == 0 else None
-        save_model(create_model(name), root / name, card=card)
-    (root / names[0] / EVAL_RESULTS_FILE).write_text(json.dumps(EVALUATED))
-    return root
+EXAMPLE = EXAMPLES / "digit_7_0.png"
+OTHER_EXAMPLE = EXAMPLES / "digit_2_0.png"
 
 
 @pytest.fixture(scope="module")
-def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Client]:
-    root = make_checkpoints(tmp_path_factory.mktemp("checkpoints"), MODELS)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BCOP_CHECKPOINTS", str(root))
-        mp.delenv("BCOP_HUB_REPO", raising=False)
-        torch.set_num_threads(1)
-        demo = app.launch(host="127.0.0.1", port=free_port(), warm=False)
-        try:
-            yield Client(demo.local_url, verbose=False)
-        finally:
-            demo.close()
+def checkpoints(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoints(tmp_path_factory.mktemp("checkpoints"), MODELS)
 
 
-def png(tmp: Path, name: str, array: np.ndarray, **save: object) -> str:
-    path = tmp / name
-    Image.fromarray(array).save(path, **save)
-    return str(path)
+@pytest.fixture(scope="module")
+def client(checkpoints: Path) -> Iterator[Client]:
+    with served(checkpoints) as app:
+        yield Client(app.local_url, verbose=False)
 
 
-def digit_strokes(size: int, dtype: type = np.uint8, high: int = 255) -> np.ndarray:
-    """A dark "7" on a light background, (size, size)."""
-    image = np.full((size, size), high, dtype=dtype)
-    s = size // 10
-    image[2 * s : 3 * s, 2 * s : 8 * s] = 0
-    for row in range(3 * s, 9 * s):
-        col = 8 * s - (row - 3 * s) // 2
-        image[row, col - s // 2 : col + s // 2] = 0
-    return image
+@pytest.fixture
+def store(checkpoints: Path, monkeypatch: pytest.MonkeyPatch) -> ModelStore:
+    monkeypatch.setenv("BCOP_CHECKPOINTS", str(checkpoints))
+    return ModelStore("")
 
 
 def table(result: dict) -> list[dict]:
@@ -120,6 +94,27 @@ def test_certify_gives_each_model_a_prediction_and_a_consistent_radius(client: C
     assert np.asarray(Image.open(preview)).shape == (28, 28)
 
 
+def test_rows_and_colours_follow_the_display_order_and_every_model_has_its_own(client: Client) -> None:
+    _, certificates, probabilities, _ = certify(client, str(EXAMPLE), models=MODELS[::-1])
+    assert [r["model"] for r in table(certificates)] == MODELS
+    colours = [trace["marker"]["color"] for trace in plot(probabilities)["data"]]
+    assert len(set(colours)) == len(MODELS)
+    from demo.figures import MODEL_COLORS
+
+    assert MODEL_COLORS["bcop-large-mnist"] != MODEL_COLORS["bcop-small-mnist"]
+    assert len(set(MODEL_COLORS.values())) == len(MODEL_COLORS)
+
+
+def test_a_useless_certificate_says_why() -> None:
+    probabilities = torch.full((10,), 0.1)
+    plain = ImageCertificate("plain-large-mnist", 7, probabilities, 12.4, 6600.6, 0.0013)
+    line = certify_tab._certificate_line(plain)
+    assert "useless certificate" in line and "L = 6,601" in line and "product of their norms" in line
+    bcop = ImageCertificate("bcop-large-mnist", 7, probabilities, 3.1, 1.0, 2.197)
+    line = certify_tab._certificate_line(bcop)
+    assert "no perturbation with ‖δ‖₂ < 2.197 can change this prediction" in line
+
+
 def test_preprocess_returns_the_lossless_28x28_model_input(client: Client) -> None:
     path = client.predict(None, handle_file(str(EXAMPLE)), api_name="/preprocess")
     image = Image.open(path)
@@ -136,7 +131,17 @@ def test_a_drawing_is_certified_like_an_upload(client: Client, tmp_path: Path) -
     assert len(table(certificates)) == len(MODELS)
 
 
-def test_attack_finds_nothing_inside_the_certified_radius(client: Client) -> None:
+def test_a_white_digit_on_a_transparent_background_is_read_like_a_black_one(
+    client: Client, tmp_path: Path
+) -> None:
+    white = white_on_transparent(tmp_path)
+    black = png(tmp_path, "black_on_white.png", digit_strokes(64))
+    torch.testing.assert_close(to_mnist_format(white), to_mnist_format(black), atol=1e-6, rtol=0)
+    preview = client.predict(None, handle_file(white), api_name="/preprocess")
+    assert np.asarray(Image.open(preview)).max() == 255
+
+
+def test_attack_finds_nothing_inside_the_certified_radius_and_says_what_it_measured(client: Client) -> None:
     models = ["bcop-small-mnist", "plain-small-mnist"]
     grid, attacks, bounds, summary = client.predict(
         None, handle_file(str(EXAMPLE)), models, 1.0, api_name="/attack"
@@ -153,20 +158,28 @@ def test_attack_finds_nothing_inside_the_certified_radius(client: Client) -> Non
         "certified radius (proven lower bound)",
         "smallest adversarial found (upper bound)",
     }
-    assert "certified" in summary
+    assert "certified" in summary and ("the certified radius" in summary or "found none" in summary)
 
 
-def test_gradient_norms_has_one_positive_point_per_weight_layer(client: Client) -> None:
+def test_gradient_norms_draw_one_gradient_and_the_jacobian_band_per_model(client: Client) -> None:
     figure = plot(client.predict(None, handle_file(str(EXAMPLE)), MODELS[:2], api_name="/gradient_norms"))
-    assert [t["name"] for t in figure["data"]] == MODELS[:2]
+    curves = [t for t in figure["data"] if t.get("showlegend") is not False]
+    assert [t["name"] for t in curves] == MODELS[:2]
     for trace in figure["data"]:
-        assert trace["x"] == ["conv1", "conv2", "dense1", "logits", "output"]
+        assert [label.split("<br>")[0] for label in trace["x"]] == [
+            "conv1",
+            "conv2",
+            "dense1",
+            "logits",
+            "output",
+        ]
         assert all(v > 0 for v in trace["y"])
     assert figure["layout"]["yaxis"]["type"] == "log"
+    assert any("adds" in label for label in figure["data"][0]["x"]), "channel-expanding layers are marked"
 
 
 def test_bcop_singular_values_are_all_one_and_plain_ones_are_not(client: Client) -> None:
-    _, summary = client.predict(["bcop-small-mnist", "plain-small-mnist"], api_name="/singular_values")
+    spectra, summary = client.predict(["bcop-small-mnist", "plain-small-mnist"], api_name="/singular_values")
     rows = table(summary)
     bcop = [r for r in rows if r["model"] == "bcop-small-mnist"]
     plain = [r for r in rows if r["model"] == "plain-small-mnist"]
@@ -174,16 +187,32 @@ def test_bcop_singular_values_are_all_one_and_plain_ones_are_not(client: Client)
     for row in bcop:
         assert row["min σ"] == pytest.approx(1.0, abs=1e-4) and row["max σ"] == pytest.approx(1.0, abs=1e-4)
     assert any(abs(r["max σ"] - r["min σ"]) > 0.1 for r in plain)
+    markers = [t for t in plot(spectra)["data"] if t["type"] == "scatter"]
+    assert len(markers) == 2, "the smallest and largest values are drawn as markers, above the σ = 1 line"
 
 
-def test_models_table_shows_results_and_says_when_not_evaluated(client: Client) -> None:
+def test_models_table_shows_percentages_and_links_no_raw_card(client: Client) -> None:
     overview = client.predict(api_name="/models")
     lines = {line.split("|")[1].strip(): line for line in overview.splitlines() if line.startswith("| ")}
-    assert "97.5%" in lines["bcop-small-mnist"] and "45.6%" in lines["bcop-small-mnist"]
-    assert "78.9%" in lines["bcop-small-mnist"] and "81.2%" in lines["bcop-small-mnist"]
-    assert "README.md](/gradio_api/file=" in lines["bcop-small-mnist"]
+    bcop = lines["bcop-small-mnist"]
+    for value in ("97.5%", "45.6%", "78.9%", "81.2%", "97.5% / 45.6% / 75.0%"):
+        assert value in bcop
+    assert "README.md" not in overview and "/gradio_api/file=" not in overview
     assert "not evaluated yet" in lines["plain-small-mnist"]
-    assert "freshly initialised" in client.predict("bcop-small-mnist", api_name="/model_card")
+
+
+def test_model_card_is_rendered_without_its_yaml_front_matter(client: Client) -> None:
+    card = client.predict("bcop-small-mnist", api_name="/model_card")
+    assert card.startswith("# bcop-small-mnist") and "freshly initialised" in card
+    assert "library_name" not in card and "---" not in card
+    assert models_tab.card_body("# no front matter\n---\ntext") == "# no front matter\n---\ntext"
+
+
+def test_certified_accuracy_chart_has_one_line_per_evaluated_model_in_percent(store: ModelStore) -> None:
+    figure = models_tab.Actions(store).accuracy_chart()
+    (line,) = figure.data
+    assert line.name == "bcop-small-mnist"
+    assert list(line.x) == [0, 1, 1.58, 2] and list(line.y) == pytest.approx([97.5, 70, 45.6, 20])
 
 
 def test_live_training_streams_updates_until_done(client: Client) -> None:
@@ -194,6 +223,20 @@ def test_live_training_streams_updates_until_done(client: Client) -> None:
     assert "step 10/10" in status and "done" in status
     names = {t["name"] for t in plot(figure)["data"] if t.get("showlegend") is not False}
     assert names == {"bcop-small-mnist", "plain-small-mnist"}
+
+
+def test_stop_ends_the_training_with_a_status_that_says_it_stopped(store: ModelStore) -> None:
+    actions, request = gradients_tab.Actions(store), SimpleNamespace(session_hash="visitor")
+    other = SimpleNamespace(session_hash="someone else")
+    run = actions.train_live(["bcop-small-mnist"], 100, 8, "hinge", request)
+    _, status = next(run)
+    assert status.startswith("step 0/100")
+    actions.stop(other)  # another visitor's Stop does not stop this run
+    assert "stopped" not in next(run)[1]
+    actions.stop(request)
+    _, status = next(run)
+    assert status.endswith(gradients_tab.STOPPED) and "step 10/100" in status
+    assert next(run, None) is None
 
 
 @pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # 10^8 pixels, on purpose
@@ -218,23 +261,28 @@ def bad_inputs(tmp: Path) -> list[tuple[str, tuple, str, str]]:
     text.write_text("not an image")
     truncated = tmp / "truncated.png"
     truncated.write_bytes(EXAMPLE.read_bytes()[:60])
+    svg = tmp / "digit.svg"
+    svg.write_text(
+        '<svg xmlns="http://www.w3.org/2000/svg" width="28" height="28"><text y="20">7</text></svg>'
+    )
     blank = png(tmp, "blank.png", np.full((50, 50), 255, np.uint8))
-    empty = np.zeros((336, 336, 4), dtype=np.uint8)
-    blank_sketch = handle_file(png(tmp, "empty_sketch.png", empty))
-    sketch = {"background": None, "layers": [], "composite": blank_sketch, "id": None}
+    empty = handle_file(png(tmp, "empty_sketch.png", np.zeros((336, 336, 4), dtype=np.uint8)))
+    sketch = {"background": None, "layers": [], "composite": empty, "id": None}
     digit = handle_file(str(EXAMPLE))
     return [
-        ("nothing", (None, None, MODELS), "/certify", "no image"),
+        ("nothing", (None, None, MODELS), "/certify", NO_IMAGE_MESSAGE),
+        ("empty sketch", (sketch, None, MODELS), "/certify", NO_IMAGE_MESSAGE),
         ("blank image", (None, handle_file(blank), MODELS), "/certify", "blank"),
-        ("empty sketch", (sketch, None, MODELS), "/certify", "blank"),
         ("text file", (None, handle_file(str(text)), MODELS), "/certify", "as an image"),
         ("truncated png", (None, handle_file(str(truncated)), MODELS), "/certify", "image"),
+        ("svg", (None, handle_file(str(svg)), MODELS), "/certify", "digit.svg is a vector (SVG) image"),
+        ("huge png", (None, handle_file(huge_png_header(tmp)), MODELS), "/certify", "huge.png is too large"),
         ("unknown model", (None, digit, ["resnet-50"]), "/certify", "not in the list of choices"),
         ("no model", (None, digit, []), "/certify", "choose at least one model"),
         ("epsilon too big", (None, digit, MODELS[:1], 7.0), "/attack", "maximum"),
         ("epsilon negative", (None, digit, MODELS[:1], -1.0), "/attack", "minimum"),
-        ("nothing to attack", (None, None, MODELS[:1], 1.0), "/attack", "no image"),
-        ("gradients of nothing", (None, None, MODELS[:1]), "/gradient_norms", "no image"),
+        ("nothing to attack", (None, None, MODELS[:1], 1.0), "/attack", NO_IMAGE_MESSAGE),
+        ("gradients of nothing", (None, None, MODELS[:1]), "/gradient_norms", NO_IMAGE_MESSAGE),
         ("too many steps", (["bcop-small-mnist"], 10_000, 16, "hinge"), "/train_live", "maximum"),
         ("no network", ([], 10, 16, "hinge"), "/train_live", "choose one or more"),
         ("unknown card", ("resnet-50",), "/model_card", "not in the list of choices"),
@@ -249,8 +297,62 @@ def test_bad_input_gets_a_clear_message_and_the_server_keeps_serving(client: Cli
         message = str(caught.value)
         assert words in message, f"{name}: {message!r}"
         assert "Traceback" not in message and "upstream Gradio app has raised" not in message, name
+        assert str(tmp_path) not in message and "/tmp/" not in message, f"{name} shows a server path"
     _, certificates, _, _ = certify(client, str(EXAMPLE))
     assert len(table(certificates)) == len(MODELS)
+
+
+def test_a_user_error_is_logged_in_one_line_without_traceback(
+    store: ModelStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="bcop.app"), pytest.raises(gr.Error):
+        certify_tab.Actions(store).certify(None, None, MODELS)
+    (record,) = [r for r in caplog.records if r.name == "bcop.app"]
+    assert record.getMessage() == f"certify refused: {NO_IMAGE_MESSAGE}" and record.exc_info is None
+
+
+def test_gradios_own_refusals_are_logged_in_one_line_too(caplog: pytest.LogCaptureFixture) -> None:
+    choice = validated(gr.CheckboxGroup(["bcop-small-mnist"]))
+    with caplog.at_level(logging.INFO, logger="bcop.app"), pytest.raises(gr.Error) as caught:
+        choice.preprocess(["resnet-50"])
+    assert caught.value.print_exception is False and "not in the list of choices" in str(caught.value)
+    (record,) = [r for r in caplog.records if r.name == "bcop.app"]
+    assert record.getMessage().startswith("CheckboxGroup input refused:") and record.exc_info is None
+
+
+def test_results_follow_the_input_and_clearing_it_clears_them(store: ModelStore, tmp_path: Path) -> None:
+    actions = certify_tab.Actions(store)
+    sketch_out, tabs, preview, certificates, _, summary, *attack = actions.from_upload(
+        str(OTHER_EXAMPLE), None, MODELS
+    )
+    assert sketch_out is None, "an upload replaces the drawing"
+    expected = to_mnist_format(OTHER_EXAMPLE)[0].numpy()
+    assert np.array_equal(np.asarray(Image.open(preview)), np.round(expected * 255).astype(np.uint8))
+    assert list(certificates["model"]) == MODELS and "certified radius" in summary
+    assert attack[0] is None and attack[1].empty and attack[3] == "", "the old attack results are gone"
+    empty = {"background": None, "layers": [], "composite": np.zeros((336, 336, 4), np.uint8)}
+    upload_out, preview, certificates, chart, summary, *_ = actions.from_sketch(empty, None, MODELS)
+    assert preview is None and certificates.empty and chart is None and summary == ""
+    skipped = actions.from_sketch(empty, str(OTHER_EXAMPLE), MODELS)
+    assert all(value == gr.skip() for value in skipped), (
+        "the canvas was cleared by an upload: keep its results"
+    )
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning outside a request
+def test_an_unusable_new_image_clears_the_old_results_and_says_why(store: ModelStore, tmp_path: Path) -> None:
+    actions = certify_tab.Actions(store)
+    blank = png(tmp_path, "blank.png", np.full((50, 50), 255, np.uint8))
+    for upload, words in [(blank, "the image is blank"), (UnreadableUpload("x.svg is a vector"), "x.svg")]:
+        _, _, preview, certificates, chart, summary, *_ = actions.from_upload(upload, None, MODELS)
+        assert preview is None and certificates.empty and chart is None and words in summary
+
+
+def test_the_page_opens_on_a_worked_example_computed_once(store: ModelStore) -> None:
+    start = certify_tab.landing(store)
+    assert start["upload"] == str(certify_tab.LANDING_EXAMPLE)
+    assert start["summary"].count("certified radius") == len(store.defaults())
+    assert len(start["chart"].data) == len(store.defaults())
 
 
 def test_models_come_from_the_hub_when_reachable_and_say_so(
@@ -259,7 +361,7 @@ def test_models_come_from_the_hub_when_reachable_and_say_so(
     local = make_checkpoints(tmp_path / "checkpoints", ["bcop-small-mnist", "plain-small-mnist"])
     snapshot = make_checkpoints(tmp_path / "hub", ["bcop-small-mnist"]) / "bcop-small-mnist"
     monkeypatch.setenv("BCOP_CHECKPOINTS", str(local))
-    monkeypatch.setattr(app, "hub_reachable", lambda namespace: True)
+    monkeypatch.setattr(demo.store, "hub_reachable", lambda: True)
 
     def download(repo_id: str, revision: str | None) -> Path:
         if repo_id == "someone/bcop-small-mnist":
@@ -267,41 +369,38 @@ def test_models_come_from_the_hub_when_reachable_and_say_so(
         raise ConnectionError(f"{repo_id} not found")
 
     monkeypatch.setattr(bcop.hub, "_download", download)
-    store = app.ModelStore("someone")
-    assert set(app.SHIPPED_MODELS) <= set(store.names), "a reachable Hub offers every shipped model"
+    store = ModelStore("someone")
+    assert set(bcop.hub.PRETRAINED_MODELS) <= set(store.names), "a reachable Hub offers every shipped model"
     from_hub = store.get("bcop-small-mnist")
     with pytest.warns(UserWarning, match="could not download someone/plain-small-mnist"):
         fallback = store.get("plain-small-mnist")
     assert from_hub.loaded.source == "hub"
     assert "Hub: [someone/bcop-small-mnist](" in store.source(from_hub)
     assert "could not download someone/plain-small-mnist" in store.source(fallback)
-    overview = app.Demo(store)._overview_row("bcop-small-mnist")
-    assert "97.5%" in overview and "/someone/bcop-small-mnist)" in overview
+    row = models_tab.Actions(store).overview_row("bcop-small-mnist")
+    assert "97.5%" in row and "/someone/bcop-small-mnist)" in row
 
 
 def test_an_unreachable_hub_means_the_embedded_checkpoints_without_waiting(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("BCOP_CHECKPOINTS", str(make_checkpoints(tmp_path, ["bcop-small-mnist"])))
-    monkeypatch.setattr(app, "hub_reachable", lambda namespace: False)
+    monkeypatch.setattr(demo.store, "hub_reachable", lambda: False)
     monkeypatch.setattr(bcop.hub, "_download", lambda *args: pytest.fail("the Hub was contacted"))
-    store = app.ModelStore("someone")
+    store = ModelStore("someone")
     assert store.names == ["bcop-small-mnist"]
-    served = store.get("bcop-small-mnist")
-    assert served.loaded.source == "local" and "could not be reached" in store.source(served)
+    served_model = store.get("bcop-small-mnist")
+    assert served_model.loaded.source == "local" and "could not be reached" in store.source(served_model)
 
 
-def test_opening_a_tab_draws_its_chart_only_when_there_is_something_to_draw(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("BCOP_CHECKPOINTS", str(make_checkpoints(tmp_path, MODELS[:2])))
-    monkeypatch.delenv("BCOP_HUB_REPO", raising=False)
-    demo = app.Demo(app.ModelStore())
-    for nothing in (demo.gradient_norms_when_shown(None, None, MODELS[:2]),
-                    demo.gradient_norms_when_shown(None, str(EXAMPLE), []),
-                    *demo.singular_values_when_shown([])):  # fmt: skip
+def test_opening_a_tab_draws_its_chart_only_when_there_is_something_to_draw(store: ModelStore) -> None:
+    from demo import orthogonality_tab
+
+    grads, spectra = gradients_tab.Actions(store), orthogonality_tab.Actions(store)
+    for nothing in (grads.when_shown(None, None, MODELS[:2]), grads.when_shown(None, str(EXAMPLE), []),
+                    *spectra.when_shown([])):  # fmt: skip
         assert nothing == gr.skip()
-    figure = demo.gradient_norms_when_shown(None, str(EXAMPLE), MODELS[:2])
+    figure = grads.when_shown(None, str(EXAMPLE), MODELS[:2])
     assert {trace.name for trace in figure.data} >= set(MODELS[:2])
-    spectra, summary = demo.singular_values_when_shown(MODELS[:1])
-    assert len(spectra.data) > 0 and set(summary["model"]) == {MODELS[0]}
+    chart, summary = spectra.when_shown(MODELS[:1])
+    assert len(chart.data) > 0 and set(summary["model"]) == {MODELS[0]}

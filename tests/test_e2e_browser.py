@@ -1,4 +1,9 @@
-"""End to end in a real headless Chromium: load the page, pick an example digit, certify it.
+"""End to end in a real headless Chromium: what a visitor sees and does.
+
+The landing state (a worked example, certified and charted, without a click), results that
+follow every change of the input (an example, a stroke drawn with the brush selected by
+default), a white digit on a transparent PNG, the model card rendered without its YAML, and
+the live training's Stop.
 
 Needs Debian's ``chromium`` at /usr/bin/chromium (skipped without it, except under CI, where
 ``.ci/run`` installs it and its absence is a failure). The app runs in this process on 127.0.0.1
@@ -9,17 +14,12 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import torch
+from app_helpers import MODELS, make_checkpoints, served, white_on_transparent
 from playwright import sync_api
-
-import app
-from bcop.hub import save_model
-from bcop.models import create_model
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -31,7 +31,6 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
-MODELS = ["bcop-small-mnist", "plain-small-mnist"]
 TIMEOUT_MS = 60_000
 
 pytestmark = pytest.mark.skipif(
@@ -40,49 +39,126 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture(scope="module")
+def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with served(make_checkpoints(tmp_path_factory.mktemp("checkpoints"), MODELS)) as app:
+        yield app.local_url
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    root = tmp_path_factory.mktemp("checkpoints")
-    for i, name in enumerate(MODELS):
-        torch.manual_seed(i)
-        save_model(create_model(name), root / name, card=f"# {name}\n")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("BCOP_CHECKPOINTS", str(root))
-        mp.delenv("BCOP_HUB_REPO", raising=False)
-        torch.set_num_threads(1)
-        demo = app.launch(host="127.0.0.1", port=free_port(), warm=False)
-        try:
-            yield demo.local_url
-        finally:
-            demo.close()
-
-
-def test_pick_an_example_digit_and_certify_it_in_chromium(url: str, tmp_path: Path) -> None:
-    screenshot = tmp_path / "certified.png"
+def browser() -> Iterator[sync_api.Browser]:
     with sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(TIMEOUT_MS)
-            page.goto(url)
-            page.get_by_text("Or pick an MNIST test digit").wait_for()
-            page.locator("img[src*='digit_7_0']").first.click()
-            # the example becomes the input: the 28x28 preview appears
-            page.locator("#model-input img").wait_for()
-            page.get_by_role("button", name="Certify", exact=True).click()
-            summary = page.locator("#certify-summary")
-            summary.get_by_text("certified radius").first.wait_for()
-            page.locator(".js-plotly-plot").first.wait_for()  # the probabilities chart is drawn
-            text = summary.inner_text()
-            page.screenshot(path=str(screenshot), full_page=True)
+            yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def page(browser: sync_api.Browser, url: str, tmp_path: Path) -> Iterator[sync_api.Page]:
+    """A fresh page on the app, opened and showing its landing example; a screenshot is left in
+    ``tmp_path`` when a test fails."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(TIMEOUT_MS)
+    page.goto(url)
+    page.locator("#certify-summary").get_by_text("certified radius").first.wait_for()
+    try:
+        yield page
+    except BaseException:
+        page.screenshot(path=str(tmp_path / "failure.png"), full_page=True)
+        raise
+    finally:
+        page.close()
+
+
+SUMMARY = "#certify-summary [data-testid=markdown]"  # the text, not the progress shown over it
+
+
+def summary(page: sync_api.Page) -> str:
+    return page.locator(SUMMARY).inner_text()
+
+
+def wait_for_new_summary(page: sync_api.Page, old: str) -> str:
+    page.wait_for_function(
+        f"old => document.querySelector('{SUMMARY}').innerText !== old", arg=old, timeout=TIMEOUT_MS
+    )
+    return summary(page)
+
+
+def draw_stroke(page: sync_api.Page) -> None:
+    box = page.locator("#sketch-input canvas").first.bounding_box()
+    x, y = box["x"] + 0.4 * box["width"], box["y"] + 0.2 * box["height"]
+    page.mouse.move(x, y)
+    page.mouse.down()
+    for i in range(20):
+        page.mouse.move(x + 3 * i, y + 10 * i)
+    page.mouse.up()
+
+
+def test_the_page_opens_on_a_certified_example_with_its_chart(page: sync_api.Page) -> None:
+    text = summary(page)
     radii = [float(r) for r in re.findall(r"certified radius (\d+\.\d+)", text)]
-    assert len(radii) == len(MODELS) and all(r >= 0 for r in radii), f"{text!r}; screenshot: {screenshot}"
-    assert all(name in text for name in MODELS), f"{text!r}; screenshot: {screenshot}"
+    assert len(radii) == len(MODELS) and all(r >= 0 for r in radii), text
+    assert all(name in text for name in MODELS), text
+    page.locator("#model-input img").wait_for()
+    page.locator(".js-plotly-plot").first.wait_for()  # the probabilities chart is drawn
+    assert "only" in page.locator("#digits-only").inner_text(), "the page says the models only know digits"
+
+
+def test_results_follow_the_input_an_example_then_a_drawing(page: sync_api.Page) -> None:
+    preview = page.locator("#model-input img").get_attribute("src")
+    landing = summary(page)
+    page.locator("img[src*='digit_2_0']").first.click()
+    after_example = wait_for_new_summary(page, landing)
+    page.wait_for_function("old => document.querySelector('#model-input img').src !== old", arg=preview)
+    assert after_example.count("certified radius") == len(MODELS)
+    page.get_by_role("tab", name="Draw").click()
+    draw_stroke(page)  # works without picking the brush first
+    after_drawing = wait_for_new_summary(page, after_example)
+    assert after_drawing.count("certified radius") == len(MODELS)
+    page.locator("#sketch-input button[aria-label='Clear canvas']").click()
+    page.wait_for_function(f"() => document.querySelector('{SUMMARY}').innerText.trim() === ''")
+    draw_stroke(page)  # the brush is still selected after Clear
+    assert wait_for_new_summary(page, "").count("certified radius") == len(MODELS)
+
+
+def test_a_white_digit_on_a_transparent_png_is_certified(page: sync_api.Page, tmp_path: Path) -> None:
+    landing = summary(page)
+    page.locator("#upload-input input[type=file]").set_input_files(white_on_transparent(tmp_path, 280))
+    assert wait_for_new_summary(page, landing).count("certified radius") == len(MODELS)
+    assert page.get_by_text("blank").count() == 0
+
+
+def test_the_model_card_is_rendered_without_its_yaml(page: sync_api.Page) -> None:
+    page.get_by_role("tab", name="Models").click()
+    card = page.locator("#model-card")
+    card.get_by_text("A freshly initialised test model.").wait_for()
+    assert card.locator("h1").inner_text().strip() == MODELS[0]
+    assert "library_name" not in card.inner_text() and "license" not in card.inner_text()
+    assert "README.md" not in page.locator("#models-table").inner_text()
+
+
+def test_stop_ends_the_live_training_and_says_so(page: sync_api.Page) -> None:
+    page.get_by_role("tab", name="Gradient norms").click()
+    page.get_by_role("button", name="Train", exact=True).click()
+    status = page.locator("#train-status")
+    status.get_by_text(re.compile(r"step \d+/200")).wait_for()
+    page.get_by_role("button", name="Stop", exact=True).click()
+    status.get_by_text("stopped (you pressed Stop)").wait_for()
+
+
+def test_the_attack_button_waits_while_it_runs_and_the_progress_shows_under_it(page: sync_api.Page) -> None:
+    button = page.locator("#attack-button")
+    assert not page.locator("#attack-summary").is_visible(), "no empty attack charts before an attack"
+    page.evaluate(
+        """() => new MutationObserver(() => {
+            window.attackButtonWasDisabled ||= document.querySelector('#attack-button').disabled;
+        }).observe(document.body, {subtree: true, attributes: true, childList: true})"""
+    )
+    button.click()
+    page.locator("#attack-status").get_by_text("Done").wait_for()
+    assert page.evaluate("() => window.attackButtonWasDisabled"), "disabled while the attack ran"
+    assert button.is_enabled()
+    text = page.locator("#attack-summary").inner_text()
+    assert all(f"{name}: PGD at ε = 1.58" in text for name in MODELS), text

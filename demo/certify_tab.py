@@ -1,0 +1,397 @@
+"""The "Certify & attack" tab: an image in, each model's prediction with its certificate, and
+on request attacks that try to change it.
+
+The results always belong to the image shown: any change of the input (a stroke, an upload,
+an example, clearing) certifies the new image at once (cheap) and clears the attack results
+(costly, so only on request), cancelling an attack still running.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+import torch
+
+from bcop.report import (
+    ATTACK_COLUMNS,
+    CERTIFY_COLUMNS,
+    SEARCH_MAX_EPS,
+    ImageAttack,
+    ImageCertificate,
+    attack_image,
+    certify_image,
+)
+from demo import figures
+from demo.errors import friendly, log, validated
+from demo.inputs import current_input, has_drawing, model_input, png_file, readable_upload
+from demo.store import ModelStore
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+LANDING_EXAMPLE = EXAMPLES_DIR / "digit_7_0.png"
+EPS_MIN, EPS_MAX, EPS_DEFAULT = 0.05, 5.0, 1.58
+VACUOUS_LIPSCHITZ = 2.0  # above this bound a certificate says next to nothing (see _certificate_line)
+FAST = {"concurrency_id": "fast"}  # limited by the queue's default_concurrency_limit
+PRIVATE = {"api_visibility": "private"}
+
+DIGITS_ONLY = (
+    "The networks learnt MNIST digits only: any image, noise or a letter too, gets one of the ten "
+    "classes. A certificate says the answer cannot change within its radius, not that the image is "
+    "a digit."
+)
+BOUNDS_CAPTION = (
+    "**Reading the chart.** The certified radius (●) is a *proof*: no perturbation with a smaller "
+    "L2 norm can change the prediction, so it is a lower bound on the distance to the nearest "
+    "adversarial example. The smallest adversarial example the attack found (✕) is a *witness*: "
+    "an upper bound. The true distance lies on the bar between them. The summary above says, for "
+    "this image, how many times the certified radius the attack needed (1× would mean the "
+    "certificate is exact)."
+)
+ATTACK_PROMPT = "Press **Attack** to look for adversarial examples of this image."
+
+
+@dataclass
+class CertifyTab:
+    """The components other tabs and the app use."""
+
+    sketch: gr.Sketchpad
+    upload: gr.Image
+
+    @property
+    def image_inputs(self) -> list[gr.components.Component]:
+        return [self.sketch, self.upload]
+
+
+# --- text -----------------------------------------------------------------------------------------
+
+
+def _certificate_line(cert: ImageCertificate) -> str:
+    head = f"- **{cert.model}** predicts **{cert.prediction}** (margin {cert.margin:.3f}): "
+    if cert.lipschitz > VACUOUS_LIPSCHITZ:
+        return head + (
+            f"certified radius **{cert.radius:.3f}**, a useless certificate: its layers are "
+            f"unconstrained, so the only bound on its Lipschitz constant is the product of their "
+            f"norms, L = {cert.lipschitz:,.0f}, and the radius margin / (√2 L) is tiny. Attacks "
+            "still need a large perturbation to fool it (press Attack)."
+        )
+    return head + (
+        f"certified radius **{cert.radius:.3f}** (Lipschitz bound {cert.lipschitz:.3g}): no "
+        f"perturbation with ‖δ‖₂ < {cert.radius:.3f} can change this prediction."
+    )
+
+
+def _attack_line(attack: ImageAttack) -> str:
+    pgd = attack.pgd
+    outcome = (
+        f"fooled it ({attack.prediction} → {int(pgd.prediction[0])}, ‖δ‖ = {float(pgd.norm[0]):.3f})"
+        if bool(pgd.success[0])
+        else "did not change the prediction"
+    )
+    line = f"- **{attack.model}**: PGD at ε = {attack.eps:g} {outcome}. "
+    if attack.upper == float("inf"):
+        return line + (
+            f"The nearest adversarial example is at least {attack.radius:.3f} away (certified); the "
+            f"search found none within {SEARCH_MAX_EPS:g}."
+        )
+    ratio = f"{attack.ratio:,.{2 if attack.ratio < 100 else 0}f}×" if attack.ratio != float("inf") else "∞×"
+    return line + (
+        f"The nearest adversarial example is between {attack.radius:.3f} (certified) and "
+        f"{attack.upper:.3f} (found) away: the attack needed {ratio} the certified radius."
+    )
+
+
+# --- actions --------------------------------------------------------------------------------------
+
+
+def _empty(columns: list[str]) -> pd.DataFrame:
+    return pd.DataFrame(columns=columns)
+
+
+def _certify_outputs(store: ModelStore, x: torch.Tensor, names: list[str]) -> tuple[str, Any, Any, str]:
+    """(preview, certificates table, probabilities chart, summary) for the input ``x``."""
+    certs = [certify_image(n, store.get(n).model, x, store.get(n).lipschitz) for n in names]
+    rows = [{**c.row(), "loaded from": store.source(store.get(c.model)).replace("`", "")} for c in certs]
+    table = pd.DataFrame(rows, columns=[*CERTIFY_COLUMNS, "loaded from"])
+    summary = "\n".join(_certificate_line(c) for c in certs)
+    return png_file(x), table, figures.probabilities_figure(certs), summary
+
+
+def _cleared_attack() -> tuple[Any, ...]:
+    """The attack outputs reset and hidden; the attack button enabled, with its prompt."""
+    hidden = gr.Column(visible=False)
+    return None, _empty(ATTACK_COLUMNS), None, "", gr.Button(interactive=True), ATTACK_PROMPT, hidden
+
+
+def _nothing() -> tuple[Any, ...]:
+    """Every result cleared: there is no image."""
+    return None, _empty([*CERTIFY_COLUMNS, "loaded from"]), None, "", *_cleared_attack()
+
+
+def _unusable(message: str) -> tuple[Any, ...]:
+    """Every result cleared, the summary saying why the new image cannot be used."""
+    log.info("input refused: %s", message)
+    gr.Warning(message)
+    return None, _empty([*CERTIFY_COLUMNS, "loaded from"]), None, f"**{message}**", *_cleared_attack()
+
+
+def _follow(store: ModelStore, x: torch.Tensor | None, models: list[str]) -> tuple[Any, ...]:
+    """Results for a new input ``x``: certified (when models are chosen), attacks cleared."""
+    if x is None:
+        return _nothing()
+    if not models:
+        return png_file(x), gr.skip(), gr.skip(), "Choose at least one model.", *_cleared_attack()
+    return *_certify_outputs(store, x, store.check(models)), *_cleared_attack()
+
+
+class Actions:
+    """The tab's event handlers (also the API endpoints ``preprocess``, ``certify``, ``attack``)."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+
+    @friendly
+    def preprocess(self, sketch: dict | None, upload: str | None) -> str:
+        """The 28 x 28 image the models see (MNIST format, PNG), from the upload or the drawing."""
+        return png_file(model_input(sketch, upload))
+
+    @friendly
+    def certify(self, sketch: dict | None, upload: str | None, models: list[str]) -> tuple[Any, ...]:
+        """Predict and certify the image with each chosen model."""
+        names = self.store.check(models)
+        return _certify_outputs(self.store, model_input(sketch, upload), names)
+
+    @friendly
+    def from_sketch(self, sketch: dict | None, upload: str | None, models: list[str]) -> tuple[Any, ...]:
+        """A stroke (or Clear) on the canvas: the drawing becomes the input, the upload goes."""
+        if not has_drawing(sketch) and upload is not None:
+            return (gr.skip(),) * (1 + len(_nothing()))  # cleared because an upload became the input
+        return None, *_follow(self.store, current_input(sketch, None), models)
+
+    @friendly
+    def from_upload(self, upload: str | None, sketch: dict | None, models: list[str]) -> tuple[Any, ...]:
+        """An upload or an example becomes the input (the drawing goes); removing it clears."""
+        if upload is None:
+            if has_drawing(sketch):
+                return (gr.skip(),) * (2 + len(_nothing()))  # removed because a drawing became the input
+            return gr.skip(), gr.skip(), *_nothing()
+        try:
+            x = model_input(None, upload)
+        except ValueError as err:
+            return None, gr.Tabs(selected="upload"), *_unusable(str(err))
+        return None, gr.Tabs(selected="upload"), *_follow(self.store, x, models)
+
+    @friendly
+    def attack(
+        self,
+        sketch: dict | None,
+        upload: str | None,
+        models: list[str],
+        epsilon: float,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio injects the tracker)
+    ) -> tuple[Any, ...]:
+        """L2 PGD at ``epsilon`` and a minimal-norm search against each chosen model."""
+        eps = float(epsilon) if isinstance(epsilon, int | float) else float("nan")
+        if not EPS_MIN <= eps <= EPS_MAX:
+            raise ValueError(f"epsilon must be a number between {EPS_MIN} and {EPS_MAX}, got {epsilon!r}")
+        names = self.store.check(models)
+        x = model_input(sketch, upload)
+        attacks = []
+        for i, name in enumerate(names):
+            served = self.store.get(name)
+
+            def report(done: float, stage: str, i: int = i, name: str = name) -> None:
+                progress((i + done) / len(names), desc=f"{name}: {stage}")
+
+            attacks.append(attack_image(name, served.model, x, eps, served.lipschitz, _throttled(report)))
+        progress(1.0, desc="done")
+        table = pd.DataFrame([a.row() for a in attacks], columns=ATTACK_COLUMNS)
+        summary = "\n".join(_attack_line(a) for a in attacks)
+        return figures.attack_figure(x, attacks), table, figures.bounds_figure(attacks), summary
+
+
+def _throttled(report: Any, every: float = 0.02) -> Any:
+    """Pass progress on only when it advanced by ``every`` (or finished)."""
+    last = [-1.0]
+
+    def call(fraction: float, stage: str) -> None:
+        if fraction - last[0] >= every or fraction >= 1.0:
+            last[0] = fraction
+            report(fraction, stage)
+
+    return call
+
+
+def landing(store: ModelStore) -> dict[str, Any]:
+    """The worked example the page opens on (certified once, at start-up): initial values of
+    the upload, the preview, the certificates table, the chart and the summary."""
+    names = store.defaults()
+    if not names or not LANDING_EXAMPLE.is_file():
+        return {}
+    preview, table, chart, summary = _certify_outputs(store, model_input(None, str(LANDING_EXAMPLE)), names)
+    return {
+        "upload": str(LANDING_EXAMPLE),
+        "preview": preview,
+        "table": table,
+        "chart": chart,
+        "summary": summary,
+    }
+
+
+# --- layout and events ----------------------------------------------------------------------------
+
+
+def _input_column(start: dict[str, Any]) -> tuple[gr.Tabs, gr.Sketchpad, gr.Image]:
+    with gr.Tabs(selected="upload" if start else "draw") as input_tabs:
+        with gr.Tab("Draw", id="draw"):
+            sketch = gr.Sketchpad(
+                label="Draw a digit",
+                type="numpy",
+                canvas_size=(336, 336),
+                fixed_canvas=True,
+                brush=gr.Brush(default_size=22, colors=["#000000"], color_mode="fixed"),
+                layers=False,
+                transforms=(),
+                elem_id="sketch-input",
+            )
+        with gr.Tab("Upload", id="upload"):
+            upload = readable_upload(
+                gr.Image(
+                    value=start.get("upload"),
+                    label="Upload an image of a digit",
+                    type="filepath",
+                    image_mode=None,
+                    sources=["upload", "clipboard"],
+                    height=336,
+                    elem_id="upload-input",
+                )
+            )
+    examples = sorted(EXAMPLES_DIR.glob("digit_*.png"))
+    gr.Examples(
+        examples=[[str(p)] for p in examples],
+        inputs=[upload],
+        label="Or pick an MNIST test digit",
+        examples_per_page=len(examples) or 1,
+    )
+    return input_tabs, sketch, upload
+
+
+@dataclass
+class _Widgets:
+    input_tabs: gr.Tabs
+    sketch: gr.Sketchpad
+    upload: gr.Image
+    models: gr.CheckboxGroup
+    epsilon: gr.Slider
+    certify_btn: gr.Button
+    preprocess_btn: gr.Button
+    attack_btn: gr.Button
+    attack_status: gr.Markdown
+    certified: list[gr.components.Component]  # preview, table, chart, summary: the certify outputs
+    attacked: list[gr.components.Component]  # grid, table, bounds chart, summary: the attack outputs
+    attack_box: gr.Column
+
+
+def _results(
+    start: dict[str, Any],
+) -> tuple[list[gr.components.Component], list[gr.components.Component], gr.Column]:
+    """The certificate's table, chart and summary, then the attack's, hidden until an attack runs."""
+    summary = gr.Markdown(start.get("summary", ""), elem_id="certify-summary")
+    table = gr.Dataframe(
+        value=start.get("table"),
+        headers=[*CERTIFY_COLUMNS, "loaded from"],
+        label="Certificates",
+        interactive=False,
+        wrap=True,
+    )
+    chart = gr.Plot(value=start.get("chart"), label="Probabilities")
+    with gr.Column(visible=False) as attack_box:
+        attack_md = gr.Markdown(elem_id="attack-summary")
+        bounds_plot = gr.Plot(label="Certified radius vs. attack")
+        gr.Markdown(BOUNDS_CAPTION)
+        attack_table = gr.Dataframe(headers=ATTACK_COLUMNS, label="Attacks", interactive=False, wrap=True)
+        attack_plot = gr.Plot(label="Adversarial images and perturbations")
+    return [table, chart, summary], [attack_plot, attack_table, bounds_plot, attack_md], attack_box
+
+
+def _layout(store: ModelStore, start: dict[str, Any]) -> _Widgets:
+    with gr.Row():
+        with gr.Column(scale=2):
+            input_tabs, sketch, upload = _input_column(start)
+        with gr.Column(scale=1):
+            preview = gr.Image(
+                value=start.get("preview"),
+                label="What the models see (28×28, MNIST format)",
+                type="numpy",
+                image_mode="L",
+                interactive=False,
+                format="png",
+                height=224,
+                elem_id="model-input",
+            )
+            gr.Markdown(DIGITS_ONLY, elem_id="digits-only")
+            models = validated(gr.CheckboxGroup(store.names, value=store.defaults(), label="Models"))
+            certify_btn = gr.Button("Certify", variant="primary")
+            preprocess_btn = gr.Button("Preprocess", visible=False)  # API endpoint only
+            epsilon = validated(
+                gr.Slider(EPS_MIN, EPS_MAX, value=EPS_DEFAULT, step=0.01, label="Attack radius ε (L2)")
+            )
+            attack_btn = gr.Button("Attack (PGD + smallest-perturbation search)", elem_id="attack-button")
+            attack_status = gr.Markdown(ATTACK_PROMPT, elem_id="attack-status", min_height=60)
+    certified, attacked, attack_box = _results(start)
+    return _Widgets(
+        input_tabs, sketch, upload, models, epsilon, certify_btn, preprocess_btn, attack_btn, attack_status,
+        [preview, *certified], attacked, attack_box,
+    )  # fmt: skip
+
+
+def _wire_attack(actions: Actions, w: _Widgets) -> gr.events.Dependency:
+    """Attack on click, the button disabled and the progress shown under it while it runs."""
+    busy = w.attack_btn.click(
+        lambda: (gr.Button(interactive=False), "Attacking…", gr.Column(visible=True)),
+        None,
+        [w.attack_btn, w.attack_status, w.attack_box],
+        queue=False,
+        **PRIVATE,
+    )
+    running = busy.then(
+        actions.attack,
+        [w.sketch, w.upload, w.models, w.epsilon],
+        w.attacked,
+        api_name="attack",
+        concurrency_id="attack",
+        concurrency_limit=1,
+        show_progress_on=[w.attack_status],
+    )
+    running.then(
+        lambda: (gr.Button(interactive=True), "Done: the attack's results are below the certificates."),
+        None,
+        [w.attack_btn, w.attack_status],
+        queue=False,
+        **PRIVATE,
+    )
+    return running
+
+
+def create_tab(store: ModelStore) -> CertifyTab:
+    """Build the tab inside an open ``gr.Tab``; it opens on the worked example (:func:`landing`)."""
+    actions, w = Actions(store), _layout(store, landing(store))
+    image_inputs = [w.sketch, w.upload]
+    w.preprocess_btn.click(actions.preprocess, image_inputs, w.certified[:1], api_name="preprocess", **FAST)
+    w.certify_btn.click(actions.certify, [*image_inputs, w.models], w.certified, api_name="certify", **FAST)
+    running = _wire_attack(actions, w)
+    following = [*w.certified, *w.attacked, w.attack_btn, w.attack_status, w.attack_box]
+    changed = {
+        "cancels": [running],
+        "trigger_mode": "always_last",
+        "show_progress": "hidden",
+        **PRIVATE,
+        **FAST,
+    }
+    w.sketch.change(actions.from_sketch, [w.sketch, w.upload, w.models], [w.upload, *following], **changed)
+    w.upload.change(
+        actions.from_upload, [w.upload, w.sketch, w.models], [w.sketch, w.input_tabs, *following], **changed
+    )
+    return CertifyTab(w.sketch, w.upload)

@@ -1,0 +1,67 @@
+"""The "Orthogonality" tab: every singular value of each convolution of the chosen models."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+import plotly.graph_objects as go
+
+from demo import figures
+from demo.certify_tab import FAST, PRIVATE
+from demo.errors import friendly, validated
+from demo.store import ModelStore
+
+SPECTRA_COLUMNS = ["model", "layer", "input (C×H×W)", "count", "min σ", "median σ", "max σ"]
+INTRO = (
+    "Every singular value of each convolution, as a linear operator on the input size that layer "
+    "sees. BCOP's are all exactly 1 (orthogonal): their box is flat and its markers (◆ smallest "
+    "and largest) sit on the σ = 1 line. The other parameterisations spread below 1, and an "
+    "unconstrained convolution above."
+)
+
+
+class Actions:
+    """The tab's event handlers (also the API endpoint ``singular_values``)."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.store = store
+
+    @friendly
+    def singular_values(self, models: list[str]) -> tuple[go.Figure, pd.DataFrame]:
+        """Singular values of every convolution of each chosen model: chart and summary table."""
+        rows, table = [], []
+        for name in self.store.check(models):
+            spectra = self.store.get(name).spectra()
+            rows.append((name, spectra))
+            for s in spectra:
+                v = s.singular_values
+                shape = "×".join(map(str, s.input_shape))
+                stats = [round(float(t), 4) for t in (v.min(), v.median(), v.max())]
+                table.append([name, s.name, shape, v.numel(), *stats])
+        return figures.spectra_figure(rows), pd.DataFrame(table, columns=SPECTRA_COLUMNS)
+
+    @friendly
+    def when_shown(self, models: list[str]) -> tuple[go.Figure, pd.DataFrame] | Any:
+        """:meth:`singular_values` when the tab opens or the models change (nothing while no
+        model is chosen)."""
+        if not models:
+            return gr.skip(), gr.skip()
+        return self.singular_values(models)
+
+
+def create_tab(store: ModelStore, tab: gr.Tab) -> None:
+    """Build the tab inside the open ``tab`` (drawn when it is opened)."""
+    actions = Actions(store)
+    gr.Markdown(INTRO)
+    with gr.Row():
+        sv_models = validated(gr.CheckboxGroup(store.names, value=store.defaults(), label="Models", scale=3))
+        sv_btn = gr.Button("Show singular values", scale=1)
+    sv_plot = gr.Plot(label="Singular values per layer")
+    sv_table = gr.Dataframe(headers=SPECTRA_COLUMNS, label="Summary", interactive=False)
+    sv_btn.click(
+        actions.singular_values, [sv_models], [sv_plot, sv_table], api_name="singular_values", **FAST
+    )
+    for shown in (tab.select, sv_models.change):
+        shown(actions.when_shown, [sv_models], [sv_plot, sv_table], **PRIVATE, **FAST)
