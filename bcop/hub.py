@@ -430,8 +430,10 @@ def _download_or_explain(
         if isinstance(err, LocalEntryNotFoundError) and offline:
             why = "local_files_only is set" if local_files_only else "the Hub cannot be reached"
             cause = f"{why} and the Hub cache has no copy"
-        if not offline and _lost_connection(err):  # the Hub stopped answering after the probe
-            _mark_unreachable(constants.ENDPOINT, cause)
+        if not offline and not isinstance(err, HfHubHTTPError):  # has the Hub stopped answering?
+            with _probe_lock:
+                _reachable.pop(constants.ENDPOINT, None)
+            hub_reachable()
         if not has_local:
             raise RuntimeError(
                 f"could not download the model {repo_id} from the Hub ({cause}), and there is no local "
@@ -445,18 +447,6 @@ def _download_or_explain(
                 stacklevel=3,
             )
         return None
-
-
-def _lost_connection(err: BaseException) -> bool:
-    """Whether a network failure (not an HTTP answer, not a bad file) caused ``err``."""
-    import httpx2
-
-    chain: list[BaseException] = []
-    seen: BaseException | None = err
-    while seen is not None and seen not in chain:
-        chain.append(seen)
-        seen = seen.__cause__ or seen.__context__
-    return any(isinstance(e, httpx2.TransportError) for e in chain)
 
 
 def push_to_hub(folder: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str:

@@ -39,9 +39,20 @@ import json
 import threading
 from pathlib import Path
 
+import pytest
 import yaml
+from huggingface_hub import constants
 
 LFS_SUFFIXES = (".safetensors", ".png", ".jpg", ".jpeg", ".gif", ".webp", ".pt", ".bin", ".npz", ".zip")
+
+
+def point_client_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
+    """What HF_ENDPOINT does when set before huggingface_hub is imported."""
+    monkeypatch.setenv("HF_ENDPOINT", endpoint)
+    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+    monkeypatch.setattr(
+        constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+    )
 
 
 def git_blob_id(body: bytes) -> str:
@@ -72,7 +83,7 @@ class FakeHub:
             downloadable after the repo changed.
         requests: ``"METHOD path"`` of every request, in order.
         authorizations: the ``Authorization`` header of every request (None when absent).
-        commits: ``(repo_type, repo_id, summary)`` of every commit received.
+        commits: every commit received: ``(repo_type, repo_id, {path: "file" or "lfsFile"})``.
     """
 
     def __init__(self) -> None:
@@ -85,7 +96,7 @@ class FakeHub:
         self.history: dict[str, dict[str, bytes]] = {}
         self.requests: list[str] = []
         self.authorizations: list[str | None] = []
-        self.commits: list[tuple[str, str, str]] = []
+        self.commits: list[tuple[str, str, dict[str, str]]] = []
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -242,14 +253,15 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
         def _create_repo(self, payload: dict) -> None:
             repo_type = payload.get("type") or "model"
             repo_id = f"{payload['organization']}/{payload['name']}"
+            prefix = "spaces/" if repo_type == "space" else ""
+            url = f"{hub.endpoint}/{prefix}{repo_id}"
             store = hub.store(repo_type)
-            if repo_id in store:
-                return self._json(409, {"error": "You already created this repo"})
+            if repo_id in store:  # the Hub names the existing repo in its 409
+                return self._json(409, {"error": "You already created this repo", "url": url})
             store[repo_id] = {}
             if repo_type == "space":
                 hub.space_sdks[repo_id] = payload["sdk"]
-            prefix = "spaces/" if repo_type == "space" else ""
-            return self._json(200, {"url": f"{hub.endpoint}/{prefix}{repo_id}"})
+            return self._json(200, {"url": url})
 
         def _validate_yaml(self, payload: dict) -> None:
             content = payload["content"]
@@ -310,7 +322,9 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
                 else:
                     return self._json(400, {"error": f"operation {line['key']} is not supported here"})
             hub.store(repo_type)[repo_id].update(changes)
-            hub.commits.append((repo_type, repo_id, lines[0]["value"]["summary"]))
+            hub.commits.append(
+                (repo_type, repo_id, {line["value"]["path"]: line["key"] for line in lines[1:]})
+            )
             oid = hub.commit(repo_id, repo_type)
             prefix = "spaces/" if repo_type == "space" else ""
             url = f"{hub.endpoint}/{prefix}{repo_id}/commit/{oid}"

@@ -32,7 +32,7 @@ from safetensors.torch import load_file, save_file
 
 from bcop import hub
 from bcop.models import MODEL_NAMES, LipschitzNet, ModelConfig, create_model
-from tests.fakehub import FakeHub
+from tests.fakehub import FakeHub, point_client_at
 
 REPO = "owner/bcop-small-mnist"
 NAME = "bcop-small-mnist"
@@ -45,20 +45,11 @@ def _unused_endpoint() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-def _point_client_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
-    """What HF_ENDPOINT does when set before huggingface_hub is imported."""
-    monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(
-        constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-    )
-
-
 @pytest.fixture(autouse=True)
 def isolated_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reaches huggingface.co: the Hub client points at a port where nothing listens
     (``fake_hub`` replaces it), and each test probes reachability afresh."""
-    _point_client_at(monkeypatch, _unused_endpoint())
+    point_client_at(monkeypatch, _unused_endpoint())
     monkeypatch.delenv("BCOP_HUB_REPO", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(hub, "_reachable", {})
@@ -70,7 +61,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHu
     """A running FakeHub that ``huggingface_hub`` talks to, with its cache, and an empty
     checkpoints folder, all in ``tmp_path``."""
     server = FakeHub()
-    _point_client_at(monkeypatch, server.endpoint)
+    point_client_at(monkeypatch, server.endpoint)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("BCOP_CHECKPOINTS", str(tmp_path / "checkpoints"))
@@ -618,7 +609,7 @@ def test_unreachable_hub_falls_back_to_the_local_copy_within_seconds_and_warns_o
             endpoint, connections = _unused_endpoint(), None
         else:
             endpoint, connections = stack.enter_context(_silent_server())
-        _point_client_at(monkeypatch, endpoint)
+        point_client_at(monkeypatch, endpoint)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             results = _within(GUARD_S, lambda: [hub.load_model(NAME) for _ in range(3)])
@@ -642,3 +633,22 @@ def test_hub_offline_mode_skips_the_probe(monkeypatch: pytest.MonkeyPatch) -> No
         warnings.simplefilter("error")
         assert hub.hub_reachable() is False
     assert hub._reachable == {}
+
+
+def test_a_hub_that_stops_answering_after_the_probe_is_unreachable_from_then_on(
+    saved: Saved, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # huggingface_hub's retry backoff
+    monkeypatch.setenv("BCOP_HUB_REPO", "owner")
+    hub.save_model(saved.model, tmp_path / "checkpoints" / NAME)
+    assert hub.hub_reachable()
+    fake_hub.close()
+    huggingface_hub.close_session()  # no kept-alive connection to the closed server
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _within(GUARD_S, lambda: hub.load_model(NAME))
+    assert [str(w.message).split(" (")[0] for w in caught] == [
+        f"the Hugging Face Hub at {fake_hub.endpoint} cannot be reached"
+    ]
+    assert result.source == "local"
+    assert hub.hub_reachable() is False
