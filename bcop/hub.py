@@ -439,7 +439,7 @@ def _download_or_explain(
                 f"could not download the model {repo_id} from the Hub ({cause}), and there is no local "
                 f"copy in {checkpoints_dir()} (available: {_available()})"
             ) from err
-        if not offline and isinstance(err, HfHubHTTPError):  # the Hub answered: say so once per repo
+        if not offline and hub_reachable():  # the Hub answers but not with this repo: say so once
             _fell_back.add(repo_id)
             warnings.warn(
                 f"could not download {repo_id} from the Hub ({cause}); using the embedded copy in "

@@ -223,7 +223,7 @@ def test_the_uploaded_space_starts_as_a_space_does_and_loads_every_model_from_th
             process.kill()
     rows = {row.split("|")[1].strip(): row for row in overview.splitlines() if row.startswith("| ")}
     for name in PRETRAINED_MODELS:
-        assert f"{OWNER}/{name}" in rows[name], rows[name]  # loaded from the Hub, not checkpoints/
+        assert f"Hub: [{OWNER}/{name}]" in rows[name], rows[name]  # loaded from the Hub, not checkpoints/
     downloads = {r.split("/")[-1] for r in server.requests if r.startswith("GET /lfs/")}
     assert {
         _sha256(server.repos[f"{OWNER}/{n}"]["model.safetensors"]) for n in PRETRAINED_MODELS
