@@ -9,6 +9,7 @@ variables, and the app started from the uploaded Space files against the fake Hu
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -21,8 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 from gradio_client import Client
-from huggingface_hub import ModelCard, SpaceCard, constants, metadata_load
+from huggingface_hub import ModelCard, ModelCardData, SpaceCard, constants, metadata_load
+from safetensors.torch import save_file
 
 from bcop.hub import PRETRAINED_MODELS
 from bcop.publish import Upload, main, publish
@@ -34,23 +37,47 @@ SPACE = "owner/bcop"
 STARTUP_GUARD_S = 300.0  # a guard against a hung start on busy cores, not a speed target
 
 
+GENERATOR = "toy-generator"
+
+
 @dataclass
 class Published:
     server: FakeHub
     uploads: list[Upload]
+    checkpoints: Path
+
+
+def _with_a_generator(folder: Path) -> Path:
+    """The shipped checkpoints (linked) and a small generator folder beside them."""
+    folder.mkdir()
+    for shipped in (ROOT / "checkpoints").glob("*/"):
+        (folder / shipped.name).symlink_to(shipped, target_is_directory=True)
+    generator = folder / GENERATOR
+    generator.mkdir()
+    (generator / "config.json").write_text(json.dumps({"kind": "generator", "model_name": GENERATOR}))
+    save_file({"weight": torch.zeros(4, 4)}, str(generator / "model.safetensors"))
+    data = ModelCardData(library_name="bcop", license="mit", pipeline_tag="unconditional-image-generation")
+    ModelCard.from_template(data).save(generator / "README.md")
+    (generator / "samples.png").write_bytes((ROOT / "examples" / "digit_0_0.png").read_bytes())
+    return folder
+
+
+def _prepare_client(monkeypatch: pytest.MonkeyPatch, published: Published) -> None:
+    point_client_at(monkeypatch, published.server.endpoint)
+    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setenv("BCOP_CHECKPOINTS", str(published.checkpoints))
 
 
 @pytest.fixture(scope="module")
-def published() -> Iterator[Published]:
-    server = FakeHub()
+def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Published]:
+    checkpoints = _with_a_generator(tmp_path_factory.mktemp("publish") / "checkpoints")
+    result = Published(FakeHub(), [], checkpoints)
     with pytest.MonkeyPatch.context() as monkeypatch:
-        point_client_at(monkeypatch, server.endpoint)
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-        monkeypatch.delenv("HF_TOKEN", raising=False)
-        monkeypatch.delenv("BCOP_CHECKPOINTS", raising=False)
-        uploads = publish(OWNER, "bcop")
-        yield Published(server, uploads)
-    server.close()
+        _prepare_client(monkeypatch, result)
+        result.uploads = publish(OWNER, "bcop")
+        yield result
+    result.server.close()
 
 
 def _sha256(body: bytes) -> str:
@@ -66,10 +93,11 @@ def _free_port() -> int:
 # --- what arrives -----------------------------------------------------------------------------
 
 
-def test_every_shipped_model_arrives_file_for_file(published: Published) -> None:
-    assert sorted(published.server.repos) == sorted(f"{OWNER}/{name}" for name in PRETRAINED_MODELS)
-    for name in PRETRAINED_MODELS:
-        local = ROOT / "checkpoints" / name
+def test_every_model_folder_arrives_file_for_file(published: Published) -> None:
+    folders = [p.name for p in published.checkpoints.iterdir() if (p / "config.json").is_file()]
+    assert sorted(published.server.repos) == sorted(f"{OWNER}/{name}" for name in folders)
+    for name in folders:
+        local = published.checkpoints / name
         remote = published.server.repos[f"{OWNER}/{name}"]
         assert sorted(remote) == sorted(p.name for p in local.iterdir())
         for path, body in remote.items():
@@ -99,6 +127,19 @@ def test_uploaded_model_cards_parse_with_huggingface_hub(published: Published, t
         assert metadata_load(path) == card.data.to_dict()
 
 
+def test_a_generator_is_published_as_its_own_kind_not_among_the_classifiers(
+    published: Published, tmp_path: Path
+) -> None:
+    repo = published.server.repos[f"{OWNER}/{GENERATOR}"]
+    assert sorted(repo) == ["README.md", "config.json", "model.safetensors", "samples.png"]
+    path = tmp_path / "README.md"
+    path.write_bytes(repo["README.md"])
+    assert ModelCard.load(path).data.pipeline_tag == "unconditional-image-generation"
+    space_card = SpaceCard(published.server.spaces[SPACE]["README.md"].decode())
+    assert f"{OWNER}/{GENERATOR}" not in space_card.data.models
+    assert f"checkpoints/{GENERATOR}/config.json" in published.server.spaces[SPACE]
+
+
 def test_the_space_header_links_and_preloads_the_model_repos(published: Published, tmp_path: Path) -> None:
     path = tmp_path / "README.md"
     path.write_bytes(published.server.spaces[SPACE]["README.md"])
@@ -111,8 +152,9 @@ def test_the_space_header_links_and_preloads_the_model_repos(published: Publishe
     assert len(card.data.short_description) <= 60
     assert metadata_load(path)["models"] == repos
     assert published.server.space_sdks[SPACE] == "gradio"
-    # the body below the header is the repository's README
-    assert card.text.strip() == SpaceCard.load(ROOT / "README.md").text.strip()
+    # the body below the header is the repository's README, naming the owner's repos
+    body = SpaceCard.load(ROOT / "README.md").text.replace("bcop-lipschitz/", "owner/")
+    assert card.text.strip() == body.strip()
 
 
 def test_the_space_holds_the_app_the_runtime_requirements_and_the_fallback_models(
@@ -141,9 +183,7 @@ def test_the_space_variable_points_the_app_at_the_owner(published: Published) ->
 def test_publishing_again_uploads_no_binary_twice(
     published: Published, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    point_client_at(monkeypatch, published.server.endpoint)
-    monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)
-    monkeypatch.delenv("BCOP_CHECKPOINTS", raising=False)
+    _prepare_client(monkeypatch, published)
     before = len(published.server.requests)
     publish(OWNER, "bcop")
     assert not [r for r in published.server.requests[before:] if r.startswith("PUT")]
@@ -152,13 +192,13 @@ def test_publishing_again_uploads_no_binary_twice(
 def test_dry_run_lists_the_repos_and_sends_nothing(
     published: Published, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    point_client_at(monkeypatch, published.server.endpoint)
-    monkeypatch.delenv("BCOP_CHECKPOINTS", raising=False)
+    _prepare_client(monkeypatch, published)
     before = len(published.server.requests)
     main(["--owner", "someone", "--space", "demo", "--dry-run"])
     lines = capsys.readouterr().out.splitlines()
     assert [line.split(":")[0] for line in lines] == [
         *(f"would upload model someone/{name}" for name in PRETRAINED_MODELS),
+        f"would upload model someone/{GENERATOR}",
         "would upload space someone/demo",
     ]
     assert len(published.server.requests) == before
