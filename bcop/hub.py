@@ -82,7 +82,6 @@ PRETRAINED_MODELS: tuple[str, ...] = (
 """The shipped classifiers: folders of ``checkpoints/`` and repos under :func:`hub_owner`."""
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_COMMIT = re.compile(r"[0-9a-f]{40}")
 _reachable: dict[str, bool] = {}  # Hub endpoint -> answer of its one probe (Note [One probe per process])
 _probe_lock = threading.Lock()
 _fell_back: set[str] = set()  # repos the Hub answered for but could not serve, and that have a local copy
@@ -318,8 +317,7 @@ def _download(repo_id: str, revision: str | None, **options: Any) -> Path:
     from huggingface_hub import hf_hub_download
     from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
-    snapshot = Path(hf_hub_download(repo_id, CONFIG_FILE, revision=revision, **options)).parent
-    commit = snapshot.name if _COMMIT.fullmatch(snapshot.name) else revision
+    commit = Path(hf_hub_download(repo_id, CONFIG_FILE, revision=revision, **options)).parent.name
     weights = Path(hf_hub_download(repo_id, WEIGHTS_FILE, revision=commit, **options))
     _verify_lfs_file(weights, repo_id)
     try:
@@ -357,7 +355,7 @@ def load_model(
     A registry name or a repo id whose last part is a registry name must hold that model (its
     config and weights say so); a folder path is loaded as it is. A Hub repo that cannot be
     downloaded (unreachable Hub, missing repo) is replaced by ``checkpoints/NAME`` when there is
-    one, with a warning.
+    one and no ``revision`` was asked for, with a warning.
 
     Args:
         name_or_repo_or_path: a folder path, a Hub repo id ``"owner/name"``, or a registry name
@@ -371,11 +369,14 @@ def load_model(
             embedded checkpoints only).
 
     Raises:
-        ValueError: unknown name, or invalid files (the message names the file).
+        ValueError: unknown name, invalid files (the message names the file), or both
+            ``local_files_only`` and ``force_download``.
         FileNotFoundError: a path (not of the form ``owner/name``) that is not a folder.
         RuntimeError: the Hub repo could not be downloaded and there is no local copy; the
             message names the repo and the cause.
     """
+    if local_files_only and force_download:
+        raise ValueError("local_files_only and force_download exclude each other: choose one")
     target = str(name_or_repo_or_path)
     if Path(target).is_dir():
         model, card = load_folder(target)
@@ -386,9 +387,10 @@ def load_model(
     expected = name if name in MODEL_NAMES else None
     local = checkpoints_dir() / name
     has_local = (local / CONFIG_FILE).is_file()
-    if repo_id is not None and not (repo_id in _fell_back and has_local):
+    stands_in = has_local and revision is None  # a pinned revision is never replaced by another copy
+    if repo_id is not None and not (repo_id in _fell_back and stands_in):
         options = {"cache_dir": cache_dir, "token": token, "force_download": force_download}
-        folder = _download_or_explain(repo_id, revision, local_files_only, has_local, options)
+        folder = _download_or_explain(repo_id, revision, local_files_only, stands_in, options)
         if folder is not None:
             try:
                 model, card = load_folder(folder, expected)
@@ -409,18 +411,20 @@ def _available() -> str:
 
 
 def _download_or_explain(
-    repo_id: str, revision: str | None, local_files_only: bool, has_local: bool, options: dict[str, Any]
+    repo_id: str, revision: str | None, local_files_only: bool, stands_in: bool, options: dict[str, Any]
 ) -> Path | None:
     """The downloaded snapshot, or None when the local copy is to be used instead.
 
     Raises:
         CorruptDownloadError: the weights were damaged in transit.
-        RuntimeError: the download failed and there is no local copy.
+        RuntimeError: the download failed and no local copy stands in.
     """
     from huggingface_hub import constants
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     offline = local_files_only or not hub_reachable()
+    if offline:
+        options = {**options, "force_download": False}  # the cache is all there is
     try:
         return _download(repo_id, revision, local_files_only=offline, **options)
     except CorruptDownloadError:
@@ -434,10 +438,14 @@ def _download_or_explain(
             with _probe_lock:
                 _reachable.pop(constants.ENDPOINT, None)
             hub_reachable()
-        if not has_local:
+        if not stands_in:
+            instead = (
+                f"there is no local copy in {checkpoints_dir()} (available: {_available()})"
+                if revision is None
+                else f"the embedded copy does not stand in for the revision {revision!r} asked for"
+            )
             raise RuntimeError(
-                f"could not download the model {repo_id} from the Hub ({cause}), and there is no local "
-                f"copy in {checkpoints_dir()} (available: {_available()})"
+                f"could not download the model {repo_id} from the Hub ({cause}), and {instead}"
             ) from err
         if not offline and hub_reachable():  # the Hub answers but not with this repo: say so once
             _fell_back.add(repo_id)

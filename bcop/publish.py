@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,7 +214,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
     args = parser.parse_args(argv)
     space = None if args.no_space else args.space
-    uploads = publish(args.owner, space, args.token, args.private, args.dry_run)
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        uploads = publish(args.owner, space, args.token, args.private, args.dry_run)
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f"nothing was published: {err}")
+    except HfHubHTTPError as err:
+        sys.exit(
+            f"publishing to {args.owner} failed: {err}\nLog in with `hf auth login` (a token that may "
+            f"write to {args.owner}) or pass --token."
+        )
     for upload in uploads:
         verb = "would upload" if args.dry_run else "uploaded"
         print(

@@ -6,23 +6,25 @@ client uses the LFS protocol when ``HF_HUB_DISABLE_XET`` is set):
 
 Downloads
 
-* ``HEAD`` / ``GET {endpoint}/[spaces/]{repo_id}/resolve/{revision}/{path}`` (``main`` or any
-  commit served before): regular files
-  answer 200 with ``X-Repo-Commit``, ``ETag`` (the git blob id) and ``Content-Length``; LFS
-  files (``*.safetensors``) answer 302 to a CDN url on another origin with ``X-Linked-Etag``
-  (the sha256), ``X-Linked-Size`` and ``X-Repo-Commit``, as the Hub does;
+* ``HEAD`` / ``GET {endpoint}/[spaces/]{repo_id}/resolve/{revision}/{path}`` (``main``, or any
+  commit served before): regular files answer 200 with ``X-Repo-Commit``, ``ETag`` (the git
+  blob id) and ``Content-Length``; LFS files (``*.safetensors``) answer 302 to a CDN url on
+  another origin with ``X-Linked-Etag`` (the sha256), ``X-Linked-Size`` and ``X-Repo-Commit``,
+  as the Hub does;
 * ``GET {cdn}/lfs/{sha256}``: the LFS content;
 * 404 with ``X-Error-Code: RepoNotFound`` / ``RevisionNotFound`` / ``EntryNotFound``.
 
 Uploads
 
-* ``POST /api/repos/create``: 200 with the repo url, 409 when it exists;
+* ``GET /api/{type}s/{repo_id}/revision/{revision}``: the repo's id, commit and files;
+* ``POST /api/repos/create``: 200 with the repo url, 409 (with the url) when it exists;
 * ``POST /api/validate-yaml``: the README's YAML must parse into a mapping;
 * ``POST /api/{type}s/{repo_id}/preupload/{revision}``: ``uploadMode`` "lfs" for binary samples
-  and the suffixes in :data:`LFS_SUFFIXES`, else "regular";
+  and the suffixes in :data:`LFS_SUFFIXES`, else "regular"; ``oid`` of a file already there is
+  its sha256 (LFS) or git blob id (regular), as on the Hub, so the client skips unchanged files;
 * ``POST {endpoint}/[spaces/]{repo_id}.git/info/lfs/objects/batch``: upload and verify actions
   (none for content already stored);
-* ``PUT /lfs-upload/{sha256}``: stores the content after checking its sha256 and size;
+* ``PUT /lfs-upload/{sha256}``: stores the content after checking its sha256;
   ``POST /lfs-verify/{sha256}``;
 * ``POST /api/{type}s/{repo_id}/commit/{revision}`` (ndjson): applies ``file`` and ``lfsFile``
   operations; like the Hub, it rejects binary content committed as a regular file and an
@@ -143,6 +145,9 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
 
         def do_GET(self) -> None:
             self._record()
+            parts = self.path.split("?")[0].split("/")
+            if len(parts) == 7 and parts[1] == "api" and parts[5] == "revision":
+                return self._repo_info(parts[2].removesuffix("s"), f"{parts[3]}/{parts[4]}")
             self._download(head=False)
 
         def do_POST(self) -> None:
@@ -221,6 +226,15 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
             )
             return self._send(302, headers, b"", head)
 
+        def _repo_info(self, repo_type: str, repo_id: str) -> None:
+            files = hub.store(repo_type).get(repo_id)
+            if files is None:
+                return self._send(404, {"X-Error-Code": "RepoNotFound"}, b"Repository not found")
+            siblings = [{"rfilename": path} for path in sorted(files)]
+            return self._json(
+                200, {"id": repo_id, "sha": hub.commit(repo_id, repo_type), "siblings": siblings}
+            )
+
         def _cdn(self, sha: str, head: bool) -> None:
             body = hub.transfer.get(sha, hub.lfs.get(sha))
             if body is None:
@@ -282,12 +296,13 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
                 sample = base64.b64decode(entry["sample"])
                 lfs = entry["path"].endswith(LFS_SUFFIXES) or is_binary(sample)
                 old = files.get(entry["path"])
+                oid = None if old is None else hashlib.sha256(old).hexdigest() if lfs else git_blob_id(old)
                 answer.append(
                     {
                         "path": entry["path"],
                         "uploadMode": "lfs" if lfs else "regular",
                         "shouldIgnore": False,
-                        "oid": None if old is None else git_blob_id(old),
+                        "oid": oid,
                     }
                 )
             return self._json(200, {"files": answer, "commitOid": "0" * 40})

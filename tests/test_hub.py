@@ -652,3 +652,20 @@ def test_a_hub_that_stops_answering_after_the_probe_is_unreachable_from_then_on(
     ]
     assert result.source == "local"
     assert hub.hub_reachable() is False
+
+
+def test_a_pinned_revision_is_never_replaced_by_the_embedded_copy(
+    saved: Saved, fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    _publish(fake_hub, saved.folder)
+    hub.save_model(saved.model, tmp_path / "checkpoints" / NAME)
+    with pytest.raises(RuntimeError, match=r"(?s)RevisionNotFound.*does not stand in for the revision 'v9'"):
+        hub.load_model(REPO, revision="v9")
+    del fake_hub.repos[REPO]
+    with pytest.warns(UserWarning, match="could not download owner/bcop-small-mnist"):
+        assert hub.load_model(REPO).source == "local"  # unpinned, the embedded copy stands in
+
+
+def test_local_files_only_and_force_download_together_are_refused() -> None:
+    with pytest.raises(ValueError, match="local_files_only and force_download exclude each other"):
+        hub.load_model(REPO, local_files_only=True, force_download=True)

@@ -180,13 +180,14 @@ def test_the_space_variable_points_the_app_at_the_owner(published: Published) ->
     assert published.server.variables[SPACE] == {"BCOP_HUB_REPO": OWNER}
 
 
-def test_publishing_again_uploads_no_binary_twice(
+def test_publishing_again_unchanged_uploads_and_commits_nothing(
     published: Published, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _prepare_client(monkeypatch, published)
-    before = len(published.server.requests)
+    before, commits = len(published.server.requests), len(published.server.commits)
     publish(OWNER, "bcop")
     assert not [r for r in published.server.requests[before:] if r.startswith("PUT")]
+    assert len(published.server.commits) == commits  # nothing changed, so no empty commits
 
 
 def test_dry_run_lists_the_repos_and_sends_nothing(
