@@ -18,8 +18,10 @@ Note [One probe per process]
     ``hf_hub_download`` retries a failed request with backoff (25 s when the connection is
     refused, minutes when the server accepts and never answers). So before the first download
     :func:`hub_reachable` makes one request with a short timeout in a daemon thread (bounding DNS
-    too) and remembers the answer for the process; an unreachable Hub is never asked again and
-    the user is warned once. Downloads then run with ``local_files_only`` (the Hub cache only).
+    too) and remembers the answer for the process. An unreachable Hub is never asked again and
+    the user is warned once; downloads then run with ``local_files_only`` (the Hub cache only). A
+    download that fails without an HTTP answer probes again, so a Hub that stops answering
+    becomes unreachable too.
 
 ``huggingface_hub`` checks a download's size but not its content; :func:`load_model` also checks
 the weights' sha256 against the Hub's LFS etag and deletes a mismatching cached copy.
