@@ -12,8 +12,8 @@ the README whose YAML header lists the classifier repos under ``models`` and
 them from the Hub.
 
 Everything goes through ``HfApi.create_repo`` and one ``create_commit`` per repo (binaries
-through Xet or LFS as the Hub requires), never a git push, so the repository's history does not
-travel. A card that names :data:`bcop.hub.HUB_OWNER` names ``OWNER`` instead when they differ.
+through Xet or LFS as the Hub requires; files no longer shipped are deleted; unchanged files are
+skipped), never a git push, so the repository's history does not travel. A card that names :data:`bcop.hub.HUB_OWNER` names ``OWNER`` instead when they differ.
 """
 
 from __future__ import annotations
@@ -136,17 +136,20 @@ def space_upload(space_id: str, owner: str, folders: Sequence[Path], source: Pat
 
 
 def _commit(api: HfApi, upload: Upload, private: bool, message: str) -> str:
-    """Create the repo if needed and commit every file at once; returns the repo url."""
-    from huggingface_hub import CommitOperationAdd
+    """Create the repo if needed and make it hold exactly the upload's files (plus the
+    ``.gitattributes`` the Hub creates) in one commit; returns the repo url."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
-    options = {"space_sdk": "gradio"} if upload.repo_type == "space" else {}
-    kind = upload.repo_type
-    url = api.create_repo(upload.repo_id, repo_type=kind, private=private, exist_ok=True, **options)
-    operations = [
+    repo_id, repo_type = upload.repo_id, upload.repo_type
+    space = {"space_sdk": "gradio"} if repo_type == "space" else {}
+    url = api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True, **space)
+    stale = set(api.list_repo_files(repo_id, repo_type=repo_type)) - set(upload.files) - {".gitattributes"}
+    operations: list[CommitOperationAdd | CommitOperationDelete] = [
         CommitOperationAdd(path, content if isinstance(content, bytes) else str(content))
         for path, content in upload.files.items()
     ]
-    api.create_commit(upload.repo_id, operations, commit_message=message, repo_type=upload.repo_type)
+    operations += [CommitOperationDelete(path) for path in sorted(stale)]
+    api.create_commit(repo_id, operations, commit_message=message, repo_type=repo_type)
     return str(url)
 
 

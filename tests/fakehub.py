@@ -17,6 +17,7 @@ Downloads
 Uploads
 
 * ``GET /api/{type}s/{repo_id}/revision/{revision}``: the repo's id, commit and files;
+  ``GET /api/{type}s/{repo_id}/tree/{revision}``: its files (one page, recursive);
 * ``POST /api/repos/create``: 200 with the repo url, 409 (with the url) when it exists;
 * ``POST /api/validate-yaml``: the README's YAML must parse into a mapping;
 * ``POST /api/{type}s/{repo_id}/preupload/{revision}``: ``uploadMode`` "lfs" for binary samples
@@ -26,8 +27,8 @@ Uploads
   (none for content already stored);
 * ``PUT /lfs-upload/{sha256}``: stores the content after checking its sha256;
   ``POST /lfs-verify/{sha256}``;
-* ``POST /api/{type}s/{repo_id}/commit/{revision}`` (ndjson): applies ``file`` and ``lfsFile``
-  operations; like the Hub, it rejects binary content committed as a regular file and an
+* ``POST /api/{type}s/{repo_id}/commit/{revision}`` (ndjson): applies ``file``, ``lfsFile`` and
+  ``deletedFile`` operations; like the Hub, it rejects binary content committed as a regular file and an
   ``lfsFile`` whose content was not uploaded;
 * ``POST /api/spaces/{repo_id}/variables``: stores a Space variable.
 """
@@ -85,7 +86,8 @@ class FakeHub:
             downloadable after the repo changed.
         requests: ``"METHOD path"`` of every request, in order.
         authorizations: the ``Authorization`` header of every request (None when absent).
-        commits: every commit received: ``(repo_type, repo_id, {path: "file" or "lfsFile"})``.
+        commits: every commit received: ``(repo_type, repo_id, {path: operation})``, the operation
+            ``"file"``, ``"lfsFile"`` or ``"deletedFile"``.
     """
 
     def __init__(self) -> None:
@@ -146,8 +148,11 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             self._record()
             parts = self.path.split("?")[0].split("/")
-            if len(parts) == 7 and parts[1] == "api" and parts[5] == "revision":
-                return self._repo_info(parts[2].removesuffix("s"), f"{parts[3]}/{parts[4]}")
+            if len(parts) == 7 and parts[1] == "api" and parts[5] in ("revision", "tree"):
+                repo_type, repo_id = parts[2].removesuffix("s"), f"{parts[3]}/{parts[4]}"
+                if parts[5] == "tree":
+                    return self._tree(repo_type, repo_id)
+                return self._repo_info(repo_type, repo_id)
             self._download(head=False)
 
         def do_POST(self) -> None:
@@ -234,6 +239,16 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
             return self._json(
                 200, {"id": repo_id, "sha": hub.commit(repo_id, repo_type), "siblings": siblings}
             )
+
+        def _tree(self, repo_type: str, repo_id: str) -> None:
+            files = hub.store(repo_type).get(repo_id)
+            if files is None:
+                return self._send(404, {"X-Error-Code": "RepoNotFound"}, b"Repository not found")
+            entries = [
+                {"type": "file", "path": path, "size": len(body), "oid": git_blob_id(body)}
+                for path, body in sorted(files.items())
+            ]
+            return self._json(200, entries)
 
         def _cdn(self, sha: str, head: bool) -> None:
             body = hub.transfer.get(sha, hub.lfs.get(sha))
@@ -322,6 +337,7 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
         def _commit(self, repo_type: str, repo_id: str, body: bytes) -> None:
             lines = [json.loads(line) for line in body.splitlines() if line.strip()]
             changes: dict[str, bytes] = {}
+            deleted: list[str] = []
             for line in lines[1:]:
                 value = line["value"]
                 if line["key"] == "file":
@@ -334,9 +350,18 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
                     if value["oid"] not in hub.lfs:
                         return self._json(422, {"error": f"LFS object {value['oid']} was not uploaded"})
                     changes[value["path"]] = hub.lfs[value["oid"]]
+                elif line["key"] == "deletedFile":
+                    if value["path"] not in hub.store(repo_type)[repo_id]:
+                        return self._json(
+                            404, {"error": f"A file with this name doesn't exist: {value['path']}"}
+                        )
+                    deleted.append(value["path"])
                 else:
                     return self._json(400, {"error": f"operation {line['key']} is not supported here"})
-            hub.store(repo_type)[repo_id].update(changes)
+            files = hub.store(repo_type)[repo_id]
+            files.update(changes)
+            for path in deleted:
+                del files[path]
             hub.commits.append(
                 (repo_type, repo_id, {line["value"]["path"]: line["key"] for line in lines[1:]})
             )

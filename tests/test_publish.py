@@ -190,6 +190,18 @@ def test_publishing_again_unchanged_uploads_and_commits_nothing(
     assert len(published.server.commits) == commits  # nothing changed, so no empty commits
 
 
+def test_publishing_removes_what_is_no_longer_shipped(
+    published: Published, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _prepare_client(monkeypatch, published)
+    published.server.spaces[SPACE]["demo/retired_tab.py"] = b"import nothing\n"
+    published.server.repos[f"{OWNER}/bcop-small-mnist"]["pytorch_model.bin"] = b"\x00old weights"
+    publish(OWNER, "bcop")
+    assert "demo/retired_tab.py" not in published.server.spaces[SPACE]
+    assert "pytorch_model.bin" not in published.server.repos[f"{OWNER}/bcop-small-mnist"]
+    assert "app.py" in published.server.spaces[SPACE]
+
+
 def test_dry_run_lists_the_repos_and_sends_nothing(
     published: Published, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
