@@ -13,7 +13,8 @@ them from the Hub.
 
 Everything goes through ``HfApi.create_repo`` and one ``create_commit`` per repo (binaries
 through Xet or LFS as the Hub requires; files no longer shipped are deleted; unchanged files are
-skipped), never a git push, so the repository's history does not travel. A card that names :data:`bcop.hub.HUB_OWNER` names ``OWNER`` instead when they differ.
+skipped), never a git push, so the repository's history does not travel. A card that names
+:data:`bcop.hub.HUB_OWNER` names ``OWNER`` instead when they differ.
 """
 
 from __future__ import annotations
