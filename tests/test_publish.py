@@ -209,9 +209,14 @@ def test_dry_run_lists_the_repos_and_sends_nothing(
     before = len(published.server.requests)
     main(["--owner", "someone", "--space", "demo", "--dry-run"])
     lines = capsys.readouterr().out.splitlines()
+    generators = sorted(
+        p.parent.name
+        for p in published.checkpoints.glob("*/config.json")
+        if json.loads(p.read_text()).get("kind") == "generator"
+    )
+    assert GENERATOR in generators
     assert [line.split(":")[0] for line in lines] == [
-        *(f"would upload model someone/{name}" for name in PRETRAINED_MODELS),
-        f"would upload model someone/{GENERATOR}",
+        *(f"would upload model someone/{name}" for name in [*PRETRAINED_MODELS, *generators]),
         "would upload space someone/demo",
     ]
     assert len(published.server.requests) == before
