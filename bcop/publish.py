@@ -97,7 +97,7 @@ def model_folders(root: Path | None = None) -> list[Path]:
     missing = [name for name in PRETRAINED_MODELS if not (root / name / CONFIG_FILE).is_file()]
     if missing:
         names = ", ".join(missing)
-        raise FileNotFoundError(f"{root} lacks the shipped models {names}: nothing was published")
+        raise FileNotFoundError(f"{root} lacks the shipped models {names}; restore checkpoints/ first")
     for name in PRETRAINED_MODELS:
         load_folder(root / name, expected_name=name)  # refuse to publish what would not load
     generators = sorted(
