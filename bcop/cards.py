@@ -19,13 +19,12 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from bcop.hub import CARD_FILE, CONFIG_FILE, LIBRARY_NAME, checkpoints_dir
+from bcop.hub import CARD_FILE, CONFIG_FILE, HUB_OWNER, LIBRARY_NAME, checkpoints_dir
 from bcop.models import ModelConfig, parse_model_name
 from bcop.results import eps_key, read_results, write_results
 from bcop.train import is_cpu_hardware
 
 __all__ = [
-    "HUB_OWNER",
     "HUB_DATASETS",
     "eval_results",
     "model_card",
@@ -35,9 +34,6 @@ __all__ = [
     "main",
 ]
 
-# The Hub owner of our model repos and Space. Until bcop.hub defines HUB_OWNER (the publishing
-# work), this is the one place that names it.
-HUB_OWNER = "bcop-lipschitz"
 SPACE_NAME = "bcop"  # the Space that holds the code and the demo: OWNER/bcop
 # Our dataset names -> (Hub dataset id, display name).
 HUB_DATASETS = {"mnist": ("ylecun/mnist", "MNIST"), "cifar10": ("uoft-cs/cifar10", "CIFAR-10")}

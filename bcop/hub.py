@@ -1,19 +1,27 @@
-"""Save, load and publish models in Hugging Face Hub layout.
+"""Save and load models in Hugging Face Hub layout; find the pretrained ones on the Hub.
 
 A model folder (a local ``checkpoints/NAME/`` or a Hub model repo) holds:
 
-* ``config.json`` -- the :class:`~bcop.models.ModelConfig` fields plus ``model_name`` and
-  ``library_name``; everything needed to rebuild the network;
-* ``model.safetensors`` -- the state dict (weights are only ever read from safetensors, never
-  unpickled);
+* ``config.json`` -- a JSON object: the :class:`~bcop.models.ModelConfig` fields plus
+  ``model_name`` and ``library_name``; everything needed to rebuild the network;
+* ``model.safetensors`` -- the state dict, float32 and finite (weights are only ever read from
+  safetensors, never unpickled), with ``model_name`` in its metadata;
 * ``README.md`` -- the model card.
 
 :func:`load_model` accepts a local folder, a Hub repo id (``"user/bcop-large-mnist"``) or a
-registry name (``"bcop-large-mnist"``). A registry name is looked up on the Hub under the
-namespace in ``$BCOP_HUB_REPO`` (or the ``hub_namespace`` argument) when one is configured,
-and in the embedded ``checkpoints/`` folder otherwise, or when the Hub cannot be reached (with
-one warning per repo saying so; later loads of that repo in the same process go straight to the
-embedded copy, so an offline app does not wait for the Hub client's retries again).
+registry name (``"bcop-large-mnist"``). A registry name is looked up on the Hub under
+:func:`hub_owner` (``$BCOP_HUB_REPO``, else :data:`HUB_OWNER`), so a pip-installed library finds
+the pretrained models, and in the embedded ``checkpoints/`` folder when the Hub cannot be
+reached, does not have the repo, or ``$BCOP_HUB_REPO`` is empty.
+
+Note [One probe per process]
+    ``hf_hub_download`` retries a failed request with backoff (25 s when the connection is
+    refused, minutes when the server accepts and never answers). So before the first download
+    :func:`hub_reachable` makes one request with a short timeout in a daemon thread (bounding DNS
+    too) and remembers the answer for the process. An unreachable Hub is never asked again and
+    the user is warned once; downloads then run with ``local_files_only`` (the Hub cache only). A
+    download that fails without an HTTP answer probes again, so a Hub that stops answering
+    becomes unreachable too.
 
 ``huggingface_hub`` checks a download's size but not its content; :func:`load_model` also checks
 the weights' sha256 against the Hub's LFS etag and deletes a mismatching cached copy.
@@ -25,12 +33,15 @@ import hashlib
 import json
 import os
 import re
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from bcop.models import MODEL_NAMES, LipschitzNet, ModelConfig, build_model
 
@@ -39,8 +50,12 @@ __all__ = [
     "WEIGHTS_FILE",
     "CARD_FILE",
     "EVAL_RESULTS_FILE",
+    "HUB_OWNER",
+    "PRETRAINED_MODELS",
     "CorruptDownloadError",
     "LoadedModel",
+    "hub_owner",
+    "hub_reachable",
     "checkpoints_dir",
     "local_checkpoints",
     "save_model",
@@ -54,8 +69,24 @@ WEIGHTS_FILE = "model.safetensors"
 CARD_FILE = "README.md"
 EVAL_RESULTS_FILE = "eval_results.json"
 LIBRARY_NAME = "bcop"
+
+HUB_OWNER = "bcop-lipschitz"
+"""The Hub user or organisation that holds the pretrained models (``HUB_OWNER/NAME``)."""
+
+PRETRAINED_MODELS: tuple[str, ...] = (
+    "bcop-large-mnist",
+    "rko-large-mnist",
+    "ossn-large-mnist",
+    "svcm-large-mnist",
+    "bcop-small-mnist",
+    "plain-large-mnist",
+)
+"""The shipped classifiers: folders of ``checkpoints/`` and repos under :func:`hub_owner`."""
+
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_fell_back: set[str] = set()  # Hub repos that failed this session and have a local copy
+_reachable: dict[str, bool] = {}  # Hub endpoint -> answer of its one probe (Note [One probe per process])
+_probe_lock = threading.Lock()
+_fell_back: set[str] = set()  # repos the Hub answered for but could not serve, and that have a local copy
 
 
 class CorruptDownloadError(ValueError):
@@ -69,7 +100,7 @@ class LoadedModel:
     Attributes:
         model: the network, in eval mode.
         source: ``"local"`` or ``"hub"``.
-        location: the folder it was read from (for the Hub: the local cache snapshot).
+        location: the folder it was read from (for the Hub: the cache snapshot of one commit).
         repo_id: the Hub repo id when downloaded, else None.
         card: the model card text ("" when there is none).
     """
@@ -79,6 +110,66 @@ class LoadedModel:
     location: Path
     repo_id: str | None
     card: str
+
+
+def hub_owner() -> str:
+    """The Hub owner of the pretrained models: ``$BCOP_HUB_REPO`` when set (an empty value means
+    no Hub: the embedded checkpoints only), else :data:`HUB_OWNER`."""
+    return os.environ.get("BCOP_HUB_REPO", HUB_OWNER)
+
+
+def hub_reachable(timeout: float = 5.0) -> bool:
+    """Whether the Hub endpoint (``$HF_ENDPOINT``) answers at all; any HTTP status counts.
+
+    Probed once per process and endpoint (see Note [One probe per process]); an unreachable Hub
+    stays unreachable for the process, with one warning. False without a probe when
+    ``HF_HUB_OFFLINE`` is set.
+
+    Args:
+        timeout: seconds to wait for the answer, name resolution and connection included.
+    """
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    endpoint = constants.ENDPOINT
+    with _probe_lock:
+        if endpoint not in _reachable:
+            cause = _probe(endpoint, timeout)
+            if cause is not None:
+                _mark_unreachable(endpoint, cause)
+            else:
+                _reachable[endpoint] = True
+        return _reachable[endpoint]
+
+
+def _probe(endpoint: str, timeout: float) -> str | None:
+    """One HEAD request to the endpoint; returns why it failed, or None when anything answered."""
+    from huggingface_hub.utils import get_session
+
+    outcome: list[str | None] = []
+
+    def ask() -> None:
+        try:
+            get_session().head(endpoint + "/", timeout=timeout, follow_redirects=False)
+        except Exception as err:  # any failure to get an HTTP answer means unreachable
+            outcome.append(f"{type(err).__name__}: {err}")
+        else:
+            outcome.append(None)
+
+    thread = threading.Thread(target=ask, name="bcop-hub-probe", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return outcome[0] if outcome else f"no answer within {timeout:g} s"
+
+
+def _mark_unreachable(endpoint: str, cause: str) -> None:
+    _reachable[endpoint] = False
+    warnings.warn(
+        f"the Hugging Face Hub at {endpoint} cannot be reached ({cause}); models load from the Hub "
+        f"cache or from {checkpoints_dir()} for the rest of this process",
+        stacklevel=3,
+    )
 
 
 def checkpoints_dir() -> Path:
@@ -118,28 +209,25 @@ def save_model(model: LipschitzNet, folder: str | Path, card: str | None = None)
     return folder
 
 
-def load_folder(folder: str | Path) -> tuple[LipschitzNet, str]:
+def load_folder(folder: str | Path, expected_name: str | None = None) -> tuple[LipschitzNet, str]:
     """Rebuild a network from a model folder; returns the model (eval mode) and its card.
+
+    Args:
+        folder: a folder in the layout described in the module docstring.
+        expected_name: when given, the registry name the config and the weights must carry.
 
     Raises:
         FileNotFoundError: the folder lacks ``config.json`` or ``model.safetensors``.
-        ValueError: the config or the weights are corrupt or do not match each other.
+        ValueError: the config or the weights are invalid, corrupt, not float32 or not finite,
+            name another model than ``expected_name``, or do not match each other; the message
+            names the file.
     """
     folder = Path(folder)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder} has no {name}: not a bcop model folder")
-    try:
-        config = ModelConfig.from_dict(json.loads((folder / CONFIG_FILE).read_text()))
-    except (json.JSONDecodeError, TypeError, ValueError) as err:
-        raise ValueError(f"{folder / CONFIG_FILE} is not a valid bcop config: {err}") from err
-    try:
-        state = load_file(str(folder / WEIGHTS_FILE))
-    except (SafetensorError, OSError, ValueError) as err:
-        raise ValueError(
-            f"{folder / WEIGHTS_FILE} is corrupt or truncated ({err}); delete it and download "
-            "or save the model again"
-        ) from err
+    config = _read_config(folder / CONFIG_FILE, expected_name)
+    state = _read_weights(folder / WEIGHTS_FILE, expected_name)
     model = build_model(config)
     try:
         model.load_state_dict(state, strict=True)
@@ -147,6 +235,55 @@ def load_folder(folder: str | Path) -> tuple[LipschitzNet, str]:
         raise ValueError(f"{folder / WEIGHTS_FILE} does not match {config.name}: {err}") from err
     card_path = folder / CARD_FILE
     return model.eval(), card_path.read_text() if card_path.is_file() else ""
+
+
+def _read_config(path: Path, expected_name: str | None) -> ModelConfig:
+    """Parse and check ``config.json``; every error names the file."""
+    try:
+        data: Any = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); save or download the model again") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} must hold a JSON object of config fields, not a {type(data).__name__}")
+    kind = data.get("kind", "classifier")
+    if kind != "classifier":
+        raise ValueError(f"{path} describes a {kind!r}, not a classifier: load_model loads classifiers only")
+    try:
+        config = ModelConfig.from_dict(data)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{path} is not a valid bcop config: {err}") from err
+    named = data.get("model_name", config.name)
+    if expected_name is not None and expected_name != config.name or expected_name not in (None, named):
+        raise ValueError(
+            f"{path} describes {config.name} (model_name {named!r}), not {expected_name}: the folder "
+            "or repo holds another model than its name says"
+        )
+    return config
+
+
+def _read_weights(path: Path, expected_name: str | None) -> dict[str, torch.Tensor]:
+    """Read a state dict from safetensors; checks it is float32, finite and named as expected."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            state = {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(
+            f"{path} is corrupt or truncated ({err}); delete it and download or save the model again"
+        ) from err
+    named = metadata.get("model_name", expected_name)
+    if expected_name is not None and named != expected_name:
+        raise ValueError(f"{path} holds the weights of {named}, not {expected_name}")
+    for key, tensor in state.items():
+        if tensor.dtype != torch.float32:
+            raise ValueError(f"{path}: tensor {key} is {tensor.dtype}; bcop models store float32 weights")
+        bad = int((~torch.isfinite(tensor)).sum())
+        if bad:
+            raise ValueError(
+                f"{path}: tensor {key} has {bad} non-finite values (NaN or inf); the weights are damaged, "
+                "download or save the model again"
+            )
+    return state
 
 
 def _verify_lfs_file(pointer: Path, repo_id: str) -> None:
@@ -172,142 +309,159 @@ def _verify_lfs_file(pointer: Path, repo_id: str) -> None:
         )
 
 
-def _download(repo_id: str, revision: str | None) -> Path:
-    """Download a model repo's files into the Hub cache; returns the snapshot folder."""
-    from huggingface_hub import hf_hub_download
+def _download(repo_id: str, revision: str | None, **options: Any) -> Path:
+    """Download config, weights and card of one commit into the Hub cache; returns its snapshot.
 
-    hf_hub_download(repo_id, CONFIG_FILE, revision=revision)
-    weights = Path(hf_hub_download(repo_id, WEIGHTS_FILE, revision=revision))
+    The config's download resolves ``revision`` to a commit (its snapshot folder is named by
+    it); the weights and the card are then asked for at that commit, so a push in between cannot
+    mix two versions.
+    """
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+
+    commit = Path(hf_hub_download(repo_id, CONFIG_FILE, revision=revision, **options)).parent.name
+    weights = Path(hf_hub_download(repo_id, WEIGHTS_FILE, revision=commit, **options))
     _verify_lfs_file(weights, repo_id)
     try:
-        hf_hub_download(repo_id, CARD_FILE, revision=revision)
-    except Exception:  # a missing model card does not stop the model from loading
+        hf_hub_download(repo_id, CARD_FILE, revision=commit, **options)
+    except (EntryNotFoundError, LocalEntryNotFoundError):  # a model loads without its card
         pass
     return weights.parent
 
 
-def load_model(
-    name_or_repo_or_path: str | Path,
-    revision: str | None = None,
-    hub_namespace: str | None = None,
-) -> LoadedModel:
-    """Load a pretrained model from a local folder, the Hub, or the embedded checkpoints.
-
-    Args:
-        name_or_repo_or_path: a folder path, a Hub repo id ``"owner/name"``, or a registry name
-            such as ``"bcop-large-mnist"``.
-        revision: Hub branch, tag or commit.
-        hub_namespace: Hub owner for registry names (default ``$BCOP_HUB_REPO``; unset means
-            use the embedded checkpoints).
-
-    Raises:
-        ValueError: unknown name, or corrupt files.
-        FileNotFoundError: a path (not of the form ``owner/name``) that is not a folder.
-        RuntimeError: the Hub repo could not be downloaded and there is no local copy; the
-            message names the repo and the cause.
-    """
-    target = str(name_or_repo_or_path)
-    if Path(target).is_dir():
-        model, card = load_folder(target)
-        return LoadedModel(model, "local", Path(target), None, card)
-
-    if isinstance(name_or_repo_or_path, Path) or target.startswith((".", "/", "~")) or target.count("/") > 1:
-        raise FileNotFoundError(f"no model folder at {target}")
-    namespace = hub_namespace if hub_namespace is not None else os.environ.get("BCOP_HUB_REPO")
+def _split_target(target: str, hub_namespace: str | None) -> tuple[str | None, str]:
+    """``(repo_id or None, name)`` for a repo id or a registry name."""
     if "/" in target:
-        repo_id, name = target, target.rsplit("/", 1)[-1]
-    elif target in MODEL_NAMES:
-        repo_id, name = (f"{namespace}/{target}" if namespace else None), target
-    else:
+        return target, target.rsplit("/", 1)[-1]
+    if target not in MODEL_NAMES:
         raise ValueError(
             f"{target!r} is not a folder, a Hub repo id or a model name; known names: "
             f"{', '.join(MODEL_NAMES)}"
         )
+    owner = hub_owner() if hub_namespace is None else hub_namespace
+    return (f"{owner}/{target}" if owner else None), target
 
+
+def load_model(
+    name_or_repo_or_path: str | Path,
+    *,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+    hub_namespace: str | None = None,
+) -> LoadedModel:
+    """Load a pretrained model from a local folder, the Hub, or the embedded checkpoints.
+
+    A registry name or a repo id whose last part is a registry name must hold that model (its
+    config and weights say so); a folder path is loaded as it is. A Hub repo that cannot be
+    downloaded (unreachable Hub, missing repo) is replaced by ``checkpoints/NAME`` when there is
+    one and no ``revision`` was asked for, with a warning.
+
+    Args:
+        name_or_repo_or_path: a folder path, a Hub repo id ``"owner/name"``, or a registry name
+            such as ``"bcop-large-mnist"`` (looked up as ``hub_owner()/name``).
+        revision: Hub branch, tag or commit; resolved to one commit for all the files.
+        cache_dir: Hub cache folder (default ``$HF_HUB_CACHE``).
+        token: Hub token, as for ``hf_hub_download``.
+        local_files_only: use the Hub cache only, never the network.
+        force_download: download again even when cached.
+        hub_namespace: Hub owner for registry names (default :func:`hub_owner`; "" means the
+            embedded checkpoints only).
+
+    Raises:
+        ValueError: unknown name, invalid files (the message names the file), or both
+            ``local_files_only`` and ``force_download``.
+        FileNotFoundError: a path (not of the form ``owner/name``) that is not a folder.
+        RuntimeError: the Hub repo could not be downloaded and there is no local copy; the
+            message names the repo and the cause.
+    """
+    if local_files_only and force_download:
+        raise ValueError("local_files_only and force_download exclude each other: choose one")
+    target = str(name_or_repo_or_path)
+    if Path(target).is_dir():
+        model, card = load_folder(target)
+        return LoadedModel(model, "local", Path(target), None, card)
+    if isinstance(name_or_repo_or_path, Path) or target.startswith((".", "/", "~")) or target.count("/") > 1:
+        raise FileNotFoundError(f"no model folder at {target}")
+    repo_id, name = _split_target(target, hub_namespace)
+    expected = name if name in MODEL_NAMES else None
     local = checkpoints_dir() / name
-    available = ", ".join(local_checkpoints()) or "none"
-    if repo_id is not None and not (repo_id in _fell_back and (local / CONFIG_FILE).is_file()):
-        try:
-            folder = _download(repo_id, revision)
-        except CorruptDownloadError:
-            raise
-        except Exception as err:  # network, HTTP, missing repo: decide below
-            cause = f"{type(err).__name__}: {err}"
-            if not (local / CONFIG_FILE).is_file():
-                raise RuntimeError(
-                    f"could not download the model {repo_id} from the Hub ({cause}), and there is no "
-                    f"local copy in {checkpoints_dir()} (available: {available})"
-                ) from err
-            _fell_back.add(repo_id)
-            warnings.warn(
-                f"could not download {repo_id} from the Hub ({cause}); using the embedded copy in "
-                f"{local} (and will for the rest of this session)",
-                stacklevel=2,
-            )
-        else:
+    has_local = (local / CONFIG_FILE).is_file()
+    stands_in = has_local and revision is None  # a pinned revision is never replaced by another copy
+    if repo_id is not None and not (repo_id in _fell_back and stands_in):
+        options = {"cache_dir": cache_dir, "token": token, "force_download": force_download}
+        folder = _download_or_explain(repo_id, revision, local_files_only, stands_in, options)
+        if folder is not None:
             try:
-                model, card = load_folder(folder)
+                model, card = load_folder(folder, expected)
             except ValueError as err:
                 raise ValueError(f"the model downloaded from {repo_id} does not load: {err}") from err
             return LoadedModel(model, "hub", folder, repo_id, card)
-
-    if not (local / CONFIG_FILE).is_file():
+    elif not has_local:
         raise ValueError(
-            f"no pretrained weights for {name!r} in {checkpoints_dir()} (available: {available}); "
+            f"no pretrained weights for {name!r} in {checkpoints_dir()} (available: {_available()}); "
             "train one with `python -m bcop.train NAME` or pass a Hub repo id"
         )
-    model, card = load_folder(local)
+    model, card = load_folder(local, expected)
     return LoadedModel(model, "local", local, None, card)
 
 
+def _available() -> str:
+    return ", ".join(local_checkpoints()) or "none"
+
+
+def _download_or_explain(
+    repo_id: str, revision: str | None, local_files_only: bool, stands_in: bool, options: dict[str, Any]
+) -> Path | None:
+    """The downloaded snapshot, or None when the local copy is to be used instead.
+
+    Raises:
+        CorruptDownloadError: the weights were damaged in transit.
+        RuntimeError: the download failed and no local copy stands in.
+    """
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    offline = local_files_only or not hub_reachable()
+    if offline:
+        options = {**options, "force_download": False}  # the cache is all there is
+    try:
+        return _download(repo_id, revision, local_files_only=offline, **options)
+    except CorruptDownloadError:
+        raise
+    except Exception as err:  # network, HTTP, missing repo or file: decide below
+        cause = f"{type(err).__name__}: {err}"
+        if isinstance(err, LocalEntryNotFoundError) and offline:
+            why = "local_files_only is set" if local_files_only else "the Hub cannot be reached"
+            cause = f"{why} and the Hub cache has no copy"
+        if not offline and not isinstance(err, HfHubHTTPError):  # has the Hub stopped answering?
+            with _probe_lock:
+                _reachable.pop(constants.ENDPOINT, None)
+            hub_reachable()
+        if not stands_in:
+            instead = (
+                f"there is no local copy in {checkpoints_dir()} (available: {_available()})"
+                if revision is None
+                else f"the embedded copy does not stand in for the revision {revision!r} asked for"
+            )
+            raise RuntimeError(
+                f"could not download the model {repo_id} from the Hub ({cause}), and {instead}"
+            ) from err
+        if not offline and hub_reachable():  # the Hub answers but not with this repo: say so once
+            _fell_back.add(repo_id)
+            warnings.warn(
+                f"could not download {repo_id} from the Hub ({cause}); using the embedded copy in "
+                f"{checkpoints_dir()} (and will for the rest of this process)",
+                stacklevel=3,
+            )
+        return None
+
+
 def push_to_hub(folder: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
-    """Upload a model folder to a Hub model repo (created if needed); returns the repo URL."""
-    from huggingface_hub import HfApi
+    """Upload a model folder to a Hub model repo (created if needed) in one commit; returns the
+    repo URL. :mod:`bcop.publish` publishes every shipped model and the Space at once."""
+    from bcop.publish import publish_model
 
-    load_folder(folder)  # refuse to publish a folder that does not load
-    api = HfApi(token=token)
-    url = api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
-    api.upload_folder(repo_id=repo_id, folder_path=str(folder), repo_type="model")
-    return str(url)
-
-
-# --- Interim versions of HUB's interface (issue 20), for the demo branch: the lead keeps HUB's. ---
-
-HUB_OWNER = "bcop-lipschitz"
-PRETRAINED_MODELS: tuple[str, ...] = (
-    "bcop-large-mnist",
-    "rko-large-mnist",
-    "ossn-large-mnist",
-    "svcm-large-mnist",
-    "bcop-small-mnist",
-    "plain-large-mnist",
-)
-_reachable: list[bool] = []  # the one probe's answer, once made
-
-
-def hub_owner() -> str:
-    """The Hub owner of the pretrained models: ``$BCOP_HUB_REPO`` when set ("" means no Hub),
-    else :data:`HUB_OWNER`."""
-    return os.environ.get("BCOP_HUB_REPO", HUB_OWNER)
-
-
-def hub_reachable(timeout: float = 5.0) -> bool:
-    """Whether the Hub answers at all (any HTTP status counts); probed once per process."""
-    if not _reachable:
-        import urllib.error
-        import urllib.request
-
-        from huggingface_hub import constants
-
-        answer = not constants.HF_HUB_OFFLINE
-        if answer:
-            try:
-                urllib.request.urlopen(f"{constants.ENDPOINT}/api/models?limit=1", timeout=timeout).close()
-            except urllib.error.HTTPError:
-                pass
-            except (OSError, ValueError):
-                answer = False
-        if not answer:
-            warnings.warn("the Hugging Face Hub cannot be reached: using embedded checkpoints", stacklevel=2)
-        _reachable.append(answer)
-    return _reachable[0]
+    return publish_model(folder, repo_id, token=token, private=private)

@@ -16,3 +16,11 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def embedded_checkpoints_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Registry names load from ``checkpoints/`` unless a test asks for the Hub (the tests of
+    Hub loading point the client at a fake Hub on 127.0.0.1 and set ``BCOP_HUB_REPO`` themselves),
+    so no test depends on, or waits for, huggingface.co."""
+    monkeypatch.setenv("BCOP_HUB_REPO", "")

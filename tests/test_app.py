@@ -15,6 +15,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
+import huggingface_hub.constants
 import numpy as np
 import pytest
 import torch
@@ -40,6 +41,7 @@ from demo import certify_tab, gradients_tab, models_tab
 from demo.errors import validated
 from demo.inputs import NO_IMAGE_MESSAGE, UnreadableUpload
 from demo.store import ModelStore
+from tests.fakehub import FakeHub, point_client_at
 
 EXAMPLE = EXAMPLES / "digit_7_0.png"
 OTHER_EXAMPLE = EXAMPLES / "digit_2_0.png"
@@ -360,25 +362,27 @@ def test_models_come_from_the_hub_when_reachable_and_say_so(
 ) -> None:
     local = make_checkpoints(tmp_path / "checkpoints", ["bcop-small-mnist", "plain-small-mnist"])
     snapshot = make_checkpoints(tmp_path / "hub", ["bcop-small-mnist"]) / "bcop-small-mnist"
-    monkeypatch.setenv("BCOP_CHECKPOINTS", str(local))
-    monkeypatch.setattr(demo.store, "hub_reachable", lambda: True)
-
-    def download(repo_id: str, revision: str | None) -> Path:
-        if repo_id == "someone/bcop-small-mnist":
-            return snapshot
-        raise ConnectionError(f"{repo_id} not found")
-
-    monkeypatch.setattr(bcop.hub, "_download", download)
-    store = ModelStore("someone")
-    assert set(bcop.hub.PRETRAINED_MODELS) <= set(store.names), "a reachable Hub offers every shipped model"
-    from_hub = store.get("bcop-small-mnist")
-    with pytest.warns(UserWarning, match="could not download someone/plain-small-mnist"):
-        fallback = store.get("plain-small-mnist")
-    assert from_hub.loaded.source == "hub"
-    assert "Hub: [someone/bcop-small-mnist](" in store.source(from_hub)
-    assert "could not download someone/plain-small-mnist" in store.source(fallback)
-    row = models_tab.Actions(store).overview_row("bcop-small-mnist")
-    assert "97.5%" in row and "/someone/bcop-small-mnist)" in row
+    server = FakeHub()  # holds someone/bcop-small-mnist only
+    server.repos["someone/bcop-small-mnist"] = {p.name: p.read_bytes() for p in snapshot.iterdir()}
+    try:
+        point_client_at(monkeypatch, server.endpoint)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setattr(bcop.hub, "_reachable", {})
+        monkeypatch.setattr(bcop.hub, "_fell_back", set())
+        monkeypatch.setenv("BCOP_CHECKPOINTS", str(local))
+        store = ModelStore("someone")
+        offered = set(store.names)
+        assert set(bcop.hub.PRETRAINED_MODELS) <= offered, "a reachable Hub offers every shipped model"
+        from_hub = store.get("bcop-small-mnist")
+        with pytest.warns(UserWarning, match="could not download someone/plain-small-mnist"):
+            fallback = store.get("plain-small-mnist")
+        assert from_hub.loaded.source == "hub"
+        assert "Hub: [someone/bcop-small-mnist](" in store.source(from_hub)
+        assert "could not download someone/plain-small-mnist" in store.source(fallback)
+        row = models_tab.Actions(store).overview_row("bcop-small-mnist")
+        assert "97.5%" in row and "/someone/bcop-small-mnist)" in row
+    finally:
+        server.close()
 
 
 def test_an_unreachable_hub_means_the_embedded_checkpoints_without_waiting(

@@ -1,154 +1,42 @@
-"""Tests for bcop.hub: save / load round trips, and downloads by the real ``huggingface_hub``
-client from a local server that answers like the Hub.
-
-The server (a thread on 127.0.0.1) implements what ``hf_hub_download`` uses:
-
-* ``HEAD`` / ``GET {endpoint}/{repo_id}/resolve/{revision}/{filename}``: regular files answer
-  200 with ``X-Repo-Commit``, ``ETag`` (the git blob id) and ``Content-Length``; LFS files
-  (``*.safetensors``) answer 302 to a CDN url on another origin with ``X-Linked-Etag`` (the
-  sha256), ``X-Linked-Size`` and ``X-Repo-Commit``, as the Hub does;
-* ``GET {cdn}/lfs/{sha256}``: the LFS content;
-* 404 with ``X-Error-Code: RepoNotFound`` / ``EntryNotFound`` for unknown repos / files.
-
-No test touches the network beyond 127.0.0.1.
+"""Tests for bcop.hub: save / load round trips, validation of what is loaded, and downloads by
+the real ``huggingface_hub`` client from a local server that answers like the Hub
+(:mod:`tests.fakehub`). No test touches the network beyond 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.server
 import json
 import os
 import pickle
+import re
+import shutil
 import socket
 import subprocess
 import sys
 import threading
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import huggingface_hub
 import pytest
 import torch
 from huggingface_hub import constants
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from bcop import hub
-from bcop.models import MODEL_NAMES, LipschitzNet, create_model
+from bcop.models import MODEL_NAMES, LipschitzNet, ModelConfig, create_model
+from tests.fakehub import FakeHub, point_client_at
 
 REPO = "owner/bcop-small-mnist"
 NAME = "bcop-small-mnist"
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def _git_blob_id(body: bytes) -> str:
-    return hashlib.sha1(b"blob %d\0" % len(body) + body).hexdigest()
-
-
-class FakeHub:
-    """A local server that answers ``hf_hub_download``'s requests like huggingface.co.
-
-    Attributes:
-        repos: ``{repo_id: {filename: content}}``.
-        transfer: ``{sha256: bytes}``: what the CDN sends instead of the announced content (a
-            download damaged on the way).
-        requests: ``"METHOD path"`` of every request, in order.
-    """
-
-    def __init__(self) -> None:
-        self.repos: dict[str, dict[str, bytes]] = {}
-        self.transfer: dict[str, bytes] = {}
-        self.requests: list[str] = []
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        port = self._server.server_port
-        self.endpoint = f"http://127.0.0.1:{port}"
-        self.cdn = f"http://localhost:{port}"  # another origin: the client does not follow it on HEAD
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def commit(self, repo_id: str) -> str:
-        files = self.repos[repo_id]
-        return hashlib.sha1(
-            b"".join(_git_blob_id(files[name]).encode() for name in sorted(files))
-        ).hexdigest()
-
-    def hub_requests(self, repo_id: str) -> list[str]:
-        return [r for r in self.requests if f"/{repo_id}/" in r]
-
-    def _handler(self) -> type[http.server.BaseHTTPRequestHandler]:
-        hub_server = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass
-
-            def do_HEAD(self) -> None:
-                self._answer(head=True)
-
-            def do_GET(self) -> None:
-                self._answer(head=False)
-
-            def _send(self, status: int, headers: dict[str, str], body: bytes, head: bool) -> None:
-                self.send_response(status)
-                for key, value in headers.items():
-                    self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                if not head:
-                    self.wfile.write(body)
-
-            def _answer(self, head: bool) -> None:
-                hub_server.requests.append(f"{self.command} {self.path}")
-                parts = self.path.split("/")
-                if len(parts) == 3 and parts[1] == "lfs":
-                    return self._cdn(parts[2], head)
-                if len(parts) != 6 or parts[3] != "resolve":
-                    return self._send(404, {}, b"not found", head)
-                repo_id, revision, filename = f"{parts[1]}/{parts[2]}", parts[4], parts[5]
-                files = hub_server.repos.get(repo_id)
-                if files is None:
-                    return self._send(404, {"X-Error-Code": "RepoNotFound"}, b"Repository not found", head)
-                commit = hub_server.commit(repo_id)
-                if revision not in ("main", commit):
-                    return self._send(404, {"X-Error-Code": "RevisionNotFound"}, b"Invalid rev id", head)
-                if filename not in files:
-                    headers = {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": commit}
-                    return self._send(404, headers, b"Entry not found", head)
-                body = files[filename]
-                headers = {"X-Repo-Commit": commit, "ETag": f'"{_git_blob_id(body)}"'}
-                if not filename.endswith(".safetensors"):
-                    return self._send(200, headers, body, head)
-                sha = hashlib.sha256(body).hexdigest()
-                headers.update(
-                    {
-                        "X-Linked-Etag": f'"{sha}"',
-                        "X-Linked-Size": str(len(body)),
-                        "Location": f"{hub_server.cdn}/lfs/{sha}",
-                    }
-                )
-                return self._send(302, headers, b"", head)
-
-            def _cdn(self, sha: str, head: bool) -> None:
-                blobs = {
-                    hashlib.sha256(body).hexdigest(): body
-                    for files in hub_server.repos.values()
-                    for body in files.values()
-                }
-                if sha not in blobs:
-                    return self._send(404, {}, b"no such blob", head)
-                self._send(200, {"ETag": f'"{sha}"'}, hub_server.transfer.get(sha, blobs[sha]), head)
-
-        return Handler
 
 
 def _unused_endpoint() -> str:
@@ -157,13 +45,15 @@ def _unused_endpoint() -> str:
         return f"http://127.0.0.1:{s.getsockname()[1]}"
 
 
-def _point_client_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
-    """What HF_ENDPOINT does when set before huggingface_hub is imported."""
-    monkeypatch.setenv("HF_ENDPOINT", endpoint)
-    monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-    monkeypatch.setattr(
-        constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-    )
+@pytest.fixture(autouse=True)
+def isolated_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches huggingface.co: the Hub client points at a port where nothing listens
+    (``fake_hub`` replaces it), and each test probes reachability afresh."""
+    point_client_at(monkeypatch, _unused_endpoint())
+    monkeypatch.delenv("BCOP_HUB_REPO", raising=False)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(hub, "_reachable", {})
+    monkeypatch.setattr(hub, "_fell_back", set())
 
 
 @pytest.fixture
@@ -171,13 +61,10 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[FakeHu
     """A running FakeHub that ``huggingface_hub`` talks to, with its cache, and an empty
     checkpoints folder, all in ``tmp_path``."""
     server = FakeHub()
-    _point_client_at(monkeypatch, server.endpoint)
+    point_client_at(monkeypatch, server.endpoint)
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf-cache"))
-    monkeypatch.delenv("HF_TOKEN", raising=False)
-    monkeypatch.delenv("BCOP_HUB_REPO", raising=False)
     monkeypatch.setenv("BCOP_CHECKPOINTS", str(tmp_path / "checkpoints"))
-    monkeypatch.setattr(hub, "_fell_back", set())
     yield server
     server.close()
 
@@ -269,7 +156,7 @@ def test_missing_path_raises_file_not_found_not_a_hub_error(tmp_path: Path) -> N
 def test_registry_name_without_hub_loads_the_embedded_checkpoint(
     saved: Saved, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.delenv("BCOP_HUB_REPO", raising=False)
+    monkeypatch.setenv("BCOP_HUB_REPO", "")
     monkeypatch.setenv("BCOP_CHECKPOINTS", str(tmp_path))
     hub.save_model(saved.model, tmp_path / NAME)
     result = hub.load_model(NAME)
@@ -281,7 +168,7 @@ def test_registry_name_without_hub_loads_the_embedded_checkpoint(
 def test_registry_name_without_hub_or_local_copy_lists_what_is_available(
     saved: Saved, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.delenv("BCOP_HUB_REPO", raising=False)
+    monkeypatch.setenv("BCOP_HUB_REPO", "")
     monkeypatch.setenv("BCOP_CHECKPOINTS", str(tmp_path))
     hub.save_model(saved.model, tmp_path / NAME)
     with pytest.raises(
@@ -445,28 +332,6 @@ def test_missing_repo_falls_back_to_local_copy_with_one_warning(
     assert len(fake_hub.hub_requests(REPO)) == 1
 
 
-def test_unreachable_hub_falls_back_to_local_copy_with_one_warning(
-    saved: Saved, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    _point_client_at(monkeypatch, _unused_endpoint())  # nothing listens there: connection refused
-    sleeps: list[float] = []
-    monkeypatch.setattr(time, "sleep", sleeps.append)  # huggingface_hub's retry backoff
-    hub.save_model(saved.model, tmp_path / "checkpoints" / NAME)
-    monkeypatch.setenv("BCOP_HUB_REPO", "owner")
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        results = [hub.load_model(NAME) for _ in range(3)]
-    assert len(caught) == 1
-    assert str(caught[0].message).startswith("could not download owner/bcop-small-mnist from the Hub")
-    assert all(r.source == "local" and torch.equal(_logits(r.model), saved.logits) for r in results)
-    assert 0 < len(sleeps) <= 5  # only the first load waited for the client's retries
-
-    with pytest.raises(
-        RuntimeError, match=r"(?s)owner/bcop-large-mnist.*no local copy.*available: bcop-small"
-    ):
-        hub.load_model("bcop-large-mnist")
-
-
 def test_a_file_on_the_hub_is_what_huggingface_hub_returns(saved: Saved, fake_hub: FakeHub) -> None:
     """The server speaks the protocol the client expects, checked with the client's own call."""
     _publish(fake_hub, saved.folder)
@@ -474,3 +339,333 @@ def test_a_file_on_the_hub_is_what_huggingface_hub_returns(saved: Saved, fake_hu
     assert Path(path).read_bytes() == (saved.folder / "config.json").read_bytes()
     with pytest.raises(huggingface_hub.errors.RemoteEntryNotFoundError):
         huggingface_hub.hf_hub_download(REPO, "pytorch_model.bin")
+
+
+# --- the Hub owner, the shipped models ------------------------------------------------------
+
+
+def test_hub_owner_is_the_constant_unless_bcop_hub_repo_says_otherwise(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert hub.hub_owner() == hub.HUB_OWNER == "bcop-lipschitz"
+    monkeypatch.setenv("BCOP_HUB_REPO", "someone")
+    assert hub.hub_owner() == "someone"
+    monkeypatch.setenv("BCOP_HUB_REPO", "")
+    assert hub.hub_owner() == ""
+
+
+def test_pretrained_models_are_the_classifier_folders_of_checkpoints() -> None:
+    folders = [p for p in (ROOT / "checkpoints").iterdir() if (p / "config.json").is_file()]
+    kinds = {p.name: json.loads((p / "config.json").read_text()).get("kind", "classifier") for p in folders}
+    assert sorted(hub.PRETRAINED_MODELS) == sorted(
+        name for name, kind in kinds.items() if kind == "classifier"
+    )
+    assert len(set(hub.PRETRAINED_MODELS)) == len(hub.PRETRAINED_MODELS) == 6
+    assert set(hub.PRETRAINED_MODELS) <= set(MODEL_NAMES)
+
+
+def test_every_shipped_checkpoint_carries_its_registry_name() -> None:
+    """What loading by name checks (the models themselves load in tests/test_publish.py)."""
+    for name in hub.PRETRAINED_MODELS:
+        config = json.loads((ROOT / "checkpoints" / name / "config.json").read_text())
+        assert ModelConfig.from_dict(config).name == config["model_name"] == name
+        with safe_open(str(ROOT / "checkpoints" / name / "model.safetensors"), framework="pt") as f:
+            assert f.metadata()["model_name"] == name
+
+
+def test_registry_name_loads_from_the_default_owner_when_nothing_is_local(
+    saved: Saved, fake_hub: FakeHub
+) -> None:
+    """What a pip-installed library (no checkpoints/) does with BCOP_HUB_REPO unset."""
+    _publish(fake_hub, saved.folder, f"{hub.HUB_OWNER}/{NAME}")
+    result = hub.load_model(NAME)
+    assert (result.source, result.repo_id) == ("hub", f"bcop-lipschitz/{NAME}")
+    assert torch.equal(_logits(result.model), saved.logits)
+
+
+# --- the download arguments and one commit ---------------------------------------------------
+
+
+def test_cache_dir_token_and_force_download_reach_the_hub_client(
+    saved: Saved, fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    _publish(fake_hub, saved.folder)
+    cache = tmp_path / "my-cache"
+    result = hub.load_model(REPO, cache_dir=cache, token="hf_secret")
+    assert result.location.is_relative_to(cache)
+    assert not (tmp_path / "hf-cache").exists()
+    assert "Bearer hf_secret" in fake_hub.authorizations
+
+    def weight_downloads() -> int:
+        return sum(r.startswith("GET /lfs/") for r in fake_hub.requests)
+
+    before = weight_downloads()
+    hub.load_model(REPO, cache_dir=cache)
+    assert weight_downloads() == before
+    hub.load_model(REPO, cache_dir=cache, force_download=True)
+    assert weight_downloads() == before + 1
+
+
+def test_local_files_only_loads_from_the_hub_cache_without_a_request(saved: Saved, fake_hub: FakeHub) -> None:
+    _publish(fake_hub, saved.folder)
+    first = hub.load_model(REPO)
+    asked = len(fake_hub.requests)
+    again = hub.load_model(REPO, local_files_only=True)
+    assert (again.source, again.location) == ("hub", first.location)
+    assert torch.equal(_logits(again.model), saved.logits)
+    with pytest.raises(
+        RuntimeError, match=r"owner/bcop-large-mnist .*local_files_only is set and the Hub cache"
+    ):
+        hub.load_model("owner/bcop-large-mnist", local_files_only=True)
+    assert len(fake_hub.requests) == asked
+
+
+def test_config_weights_and_card_come_from_one_commit_when_a_push_lands_in_between(
+    saved: Saved, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _publish(fake_hub, saved.folder)
+    commit = fake_hub.commit(REPO)
+    other = hub.save_model(create_model("plain-small-mnist"), tmp_path / "other", card="# other\n")
+    download = huggingface_hub.hf_hub_download
+
+    def push_after_the_config(repo_id: str, filename: str, **options: object) -> str:
+        path = download(repo_id, filename, **options)
+        if filename == "config.json":
+            _publish(fake_hub, other)
+        return path
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", push_after_the_config)
+    result = hub.load_model(REPO)
+    assert fake_hub.commit(REPO) != commit
+    assert result.location.name == commit
+    assert result.card == "# bcop-small-mnist\n"
+    assert torch.equal(_logits(result.model), saved.logits)
+    later = [r for r in fake_hub.hub_requests(REPO) if "config.json" not in r]
+    assert later and all(f"/resolve/{commit}/" in r for r in later)
+
+
+# --- what is loaded is checked, and errors name the file -------------------------------------
+
+
+def _copy(saved: Saved, folder: Path) -> Path:
+    shutil.copytree(saved.folder, folder)
+    return folder
+
+
+def _rewrite_weights(
+    folder: Path, change: Callable[[dict[str, torch.Tensor]], None], **metadata: str
+) -> None:
+    path = folder / "model.safetensors"
+    state = load_file(str(path))
+    change(state)
+    save_file(state, str(path), metadata={"format": "pt", "model_name": NAME, **metadata})
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1, 2]", r"config\.json must hold a JSON object of config fields, not a list"),
+        ('"bcop"', r"config\.json must hold a JSON object of config fields, not a str"),
+        ("{", r"config\.json is not valid JSON"),
+        (
+            '{"arch": "huge", "conv": "bcop", "dataset": "mnist"}',
+            r"config\.json is not a valid bcop config.*huge",
+        ),
+        ('{"kind": "generator"}', r"config\.json describes a 'generator', not a classifier"),
+    ],
+)
+def test_an_invalid_config_raises_value_error_naming_the_file(
+    saved: Saved, tmp_path: Path, text: str, message: str
+) -> None:
+    folder = _copy(saved, tmp_path / NAME)
+    (folder / "config.json").write_text(text)
+    with pytest.raises(ValueError, match=message) as info:
+        hub.load_folder(folder)
+    assert str(folder / "config.json") in str(info.value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_weights_raise_value_error_naming_the_file_and_the_tensor(
+    saved: Saved, tmp_path: Path, value: float
+) -> None:
+    folder = _copy(saved, tmp_path / NAME)
+    key = next(k for k in sorted(saved.model.state_dict()) if k.endswith("bias"))
+
+    def poison(state: dict[str, torch.Tensor]) -> None:
+        state[key][0] = value
+
+    _rewrite_weights(folder, poison)
+    with pytest.raises(ValueError, match=rf"model\.safetensors: tensor {re.escape(key)} has 1 non-finite"):
+        hub.load_folder(folder)
+
+
+def test_weights_that_are_not_float32_raise_value_error_naming_the_file_and_the_tensor(
+    saved: Saved, tmp_path: Path
+) -> None:
+    folder = _copy(saved, tmp_path / NAME)
+    key = sorted(saved.model.state_dict())[0]
+
+    def widen(state: dict[str, torch.Tensor]) -> None:
+        state[key] = state[key].double()
+
+    _rewrite_weights(folder, widen)
+    with pytest.raises(ValueError, match=rf"model\.safetensors: tensor {re.escape(key)} is torch\.float64"):
+        hub.load_folder(folder)
+
+
+def test_a_checkpoint_named_for_one_model_holding_another_is_refused_by_name(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BCOP_HUB_REPO", "")
+    monkeypatch.setenv("BCOP_CHECKPOINTS", str(tmp_path))
+    hub.save_model(create_model("plain-small-mnist"), tmp_path / NAME)
+    with pytest.raises(ValueError, match=r"config\.json describes plain-small-mnist .*not bcop-small-mnist"):
+        hub.load_model(NAME)
+    # a folder path is loaded as what it holds
+    assert hub.load_model(tmp_path / NAME).model.config.name == "plain-small-mnist"
+
+
+def test_weights_whose_metadata_names_another_model_are_refused_by_name(
+    saved: Saved, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("BCOP_HUB_REPO", "")
+    monkeypatch.setenv("BCOP_CHECKPOINTS", str(tmp_path))
+    folder = _copy(saved, tmp_path / NAME)
+    _rewrite_weights(folder, lambda state: None, model_name="bcop-large-mnist")
+    with pytest.raises(
+        ValueError, match=r"safetensors holds the weights of bcop-large-mnist, not bcop-small"
+    ):
+        hub.load_model(NAME)
+
+
+def test_a_hub_repo_named_for_one_model_holding_another_is_refused_by_name(
+    fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    _publish(fake_hub, hub.save_model(create_model("plain-small-mnist"), tmp_path / "other"))
+    with pytest.raises(ValueError, match=r"(?s)owner/bcop-small-mnist does not load.*describes plain-small"):
+        hub.load_model(REPO)
+
+
+# --- an unreachable Hub ----------------------------------------------------------------------
+
+T = TypeVar("T")
+GUARD_S = 15.0  # a guard against retries and hangs (minutes before), not a speed target
+
+
+def _within(seconds: float, call: Callable[[], T]) -> T:
+    """``call()``, failing instead of hanging when it is not done after ``seconds``."""
+    outcome: list[tuple[bool, object]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as err:
+            outcome.append((False, err))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still waiting after {seconds} s"
+    ok, value = outcome[0]
+    if not ok:
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
+
+
+@contextmanager
+def _silent_server() -> Iterator[tuple[str, Callable[[], int]]]:
+    """An endpoint that accepts connections and never answers, and a count of the connections
+    made to it so far."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(64)
+        listener.settimeout(0.5)
+        held: list[socket.socket] = []
+
+        def connections() -> int:
+            while True:
+                try:
+                    held.append(listener.accept()[0])
+                except TimeoutError:
+                    return len(held)
+
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}", connections
+        for conn in held:
+            conn.close()
+
+
+@pytest.mark.parametrize("server", ["refuses", "never answers"])
+def test_unreachable_hub_falls_back_to_the_local_copy_within_seconds_and_warns_once(
+    server: str, saved: Saved, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)  # huggingface_hub's retry backoff
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("BCOP_CHECKPOINTS", str(tmp_path / "checkpoints"))
+    monkeypatch.setenv("BCOP_HUB_REPO", "owner")
+    hub.save_model(saved.model, tmp_path / "checkpoints" / NAME)
+    with ExitStack() as stack:
+        if server == "refuses":
+            endpoint, connections = _unused_endpoint(), None
+        else:
+            endpoint, connections = stack.enter_context(_silent_server())
+        point_client_at(monkeypatch, endpoint)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            results = _within(GUARD_S, lambda: [hub.load_model(NAME) for _ in range(3)])
+            with pytest.raises(
+                RuntimeError, match=r"(?s)owner/bcop-large-mnist.*cannot be reached.*no local"
+            ):
+                _within(GUARD_S, lambda: hub.load_model("bcop-large-mnist"))
+        if connections is not None:
+            assert connections() == 1  # one probe, then never asked again
+    assert [str(w.message).split(" (")[0] for w in caught] == [
+        f"the Hugging Face Hub at {endpoint} cannot be reached"
+    ]
+    assert all(r.source == "local" and torch.equal(_logits(r.model), saved.logits) for r in results)
+    assert sleeps == []
+    assert hub.hub_reachable() is False
+
+
+def test_hub_offline_mode_skips_the_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert hub.hub_reachable() is False
+    assert hub._reachable == {}
+
+
+def test_a_hub_that_stops_answering_after_the_probe_is_unreachable_from_then_on(
+    saved: Saved, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # huggingface_hub's retry backoff
+    monkeypatch.setenv("BCOP_HUB_REPO", "owner")
+    hub.save_model(saved.model, tmp_path / "checkpoints" / NAME)
+    assert hub.hub_reachable()
+    fake_hub.close()
+    huggingface_hub.close_session()  # no kept-alive connection to the closed server
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = _within(GUARD_S, lambda: hub.load_model(NAME))
+    assert [str(w.message).split(" (")[0] for w in caught] == [
+        f"the Hugging Face Hub at {fake_hub.endpoint} cannot be reached"
+    ]
+    assert result.source == "local"
+    assert hub.hub_reachable() is False
+
+
+def test_a_pinned_revision_is_never_replaced_by_the_embedded_copy(
+    saved: Saved, fake_hub: FakeHub, tmp_path: Path
+) -> None:
+    _publish(fake_hub, saved.folder)
+    hub.save_model(saved.model, tmp_path / "checkpoints" / NAME)
+    with pytest.raises(RuntimeError, match=r"(?s)RevisionNotFound.*does not stand in for the revision 'v9'"):
+        hub.load_model(REPO, revision="v9")
+    del fake_hub.repos[REPO]
+    with pytest.warns(UserWarning, match="could not download owner/bcop-small-mnist"):
+        assert hub.load_model(REPO).source == "local"  # unpinned, the embedded copy stands in
+
+
+def test_local_files_only_and_force_download_together_are_refused() -> None:
+    with pytest.raises(ValueError, match="local_files_only and force_download exclude each other"):
+        hub.load_model(REPO, local_files_only=True, force_download=True)
