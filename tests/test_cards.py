@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from huggingface_hub import EvalResult, ModelCard
 
-from bcop.cards import HUB_OWNER, _time_cell, _time_sentence, eval_results, main, model_card, results_table
-from bcop.hub import checkpoints_dir
+from bcop.cards import _time_cell, _time_sentence, eval_results, main, model_card, results_table
+from bcop.hub import HUB_OWNER, checkpoints_dir
 from bcop.models import MODEL_NAMES
 from bcop.results import UNRECORDED_HARDWARE, read_results, upgrade_results
 
