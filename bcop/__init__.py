@@ -7,7 +7,7 @@ Nothing is read from disk or the network at import time.
 from bcop.certify import certified_accuracy, certified_radius, certify, lipschitz_bound
 from bcop.models import MODEL_NAMES, ModelConfig, OrthoParams, build_model, create_model
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
     "MODEL_NAMES",
