@@ -10,6 +10,7 @@ exactly from the weight it actually uses (never assumed to be 1).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ __all__ = [
     "KERNEL_SIZES",
     "LipschitzConv2d",
     "OrthonormalisedConv2d",
+    "InputSizedConv2d",
     "PlainConv2d",
     "BCOPConv2d",
     "RKOConv2d",
@@ -98,6 +100,7 @@ class LipschitzConv2d(nn.Conv2d):
         bias: add a learnable bias (it does not change the Lipschitz constant).
         padding_mode: ``"circular"`` (the operator whose singular values BCOP controls exactly)
             or ``"zeros"``.
+        **constraint: the subclass's constraint settings (see its :meth:`_constrain_`).
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class LipschitzConv2d(nn.Conv2d):
         kernel_size: int,
         bias: bool = True,
         padding_mode: str = "circular",
+        **constraint: Any,
     ) -> None:
         if (
             not isinstance(in_channels, int)
@@ -128,6 +132,12 @@ class LipschitzConv2d(nn.Conv2d):
             padding_mode=padding_mode,
             bias=bias,
         )
+        self._constrain_(**constraint)
+
+    def _constrain_(self) -> None:
+        """Set up the layer's constraint once its weight exists: none here; a subclass adds its
+        own and declares its settings as this method's keyword arguments, which the constructor
+        passes on."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, in_channels, H, W) -> (N, out_channels, H, W)."""
@@ -214,16 +224,7 @@ class OrthonormalisedConv2d(LipschitzConv2d):
         ortho: how the raw tensors are orthonormalised (default: the exact polar factor).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        bias: bool = True,
-        padding_mode: str = "circular",
-        ortho: OrthoParams = POLAR,
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, bias, padding_mode)
+    def _constrain_(self, ortho: OrthoParams = POLAR) -> None:
         parametrize.register_parametrization(self, "weight", self._parametrization(ortho))
         self._init_raw_()
 
@@ -376,7 +377,33 @@ class ConvSpectralNormalization(CachedParametrization):
         return raw / sigma.clamp_min(1.0)
 
 
-class OSSNConv2d(LipschitzConv2d):
+class InputSizedConv2d(LipschitzConv2d):
+    """A convolution whose constraint is defined for one input size (OSSN's power iteration and
+    SVCM's projection act on the circular-convolution operator on ``input_size``).
+
+    Args:
+        input_size: the (h, w) or n of the inputs this layer will see.
+        **constraint: the subclass's constraint settings (see its :meth:`_constrain_`).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        input_size: int | Sequence[int],
+        bias: bool = True,
+        padding_mode: str = "circular",
+        **constraint: Any,
+    ) -> None:
+        constraint["input_size"] = _pair(input_size)
+        super().__init__(in_channels, out_channels, kernel_size, bias, padding_mode, **constraint)
+
+    def _constrain_(self, input_size: tuple[int, int]) -> None:
+        self.input_size = input_size
+
+
+class OSSNConv2d(InputSizedConv2d):
     """One-Sided Spectral Normalisation, the paper's OSSN baseline.
 
     The kernel is divided by the convolution operator's spectral norm (estimated by power
@@ -393,22 +420,14 @@ class OSSNConv2d(LipschitzConv2d):
             with it every certificate) exceeds 1.
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        input_size: int | Sequence[int],
-        bias: bool = True,
-        padding_mode: str = "circular",
-        power_iters: int = 10,
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, bias, padding_mode)
-        self.input_size = _pair(input_size)
+    def _constrain_(self, input_size: tuple[int, int], power_iters: int = 10) -> None:
+        super()._constrain_(input_size)
         parametrize.register_parametrization(
             self,
             "weight",
-            ConvSpectralNormalization(in_channels, out_channels, self.input_size, padding_mode, power_iters),
+            ConvSpectralNormalization(
+                self.in_channels, self.out_channels, self.input_size, self.padding_mode, power_iters
+            ),
         )
         # start from converged vectors, as torch's spectral_norm does (15 iterations)
         self.parametrizations.weight[0].power_iteration_(self.parametrizations.weight.original, 15)
@@ -447,7 +466,7 @@ def svcm_project(kernel: torch.Tensor, input_size: int | Sequence[int], max_sv: 
     return spatial[..., :kh, :kw].contiguous()
 
 
-class SVCMConv2d(LipschitzConv2d):
+class SVCMConv2d(InputSizedConv2d):
     """Convolution kept near 1-Lipschitz by periodic singular value clipping and masking.
 
     The weight is a free parameter; call :meth:`project_` (the training loop does, every few
@@ -458,17 +477,8 @@ class SVCMConv2d(LipschitzConv2d):
             for that size only).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        input_size: int | Sequence[int],
-        bias: bool = True,
-        padding_mode: str = "circular",
-    ) -> None:
-        super().__init__(in_channels, out_channels, kernel_size, bias, padding_mode)
-        self.input_size = _pair(input_size)
+    def _constrain_(self, input_size: tuple[int, int]) -> None:
+        super()._constrain_(input_size)
         self.project_()
 
     @torch.no_grad()
