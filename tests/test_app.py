@@ -331,12 +331,43 @@ def test_results_follow_the_input_and_clearing_it_clears_them(store: ModelStore,
     assert list(certificates["model"]) == MODELS and "certified radius" in summary
     assert attack[0] is None and attack[1].empty and attack[3] == "", "the old attack results are gone"
     empty = {"background": None, "layers": [], "composite": np.zeros((336, 336, 4), np.uint8)}
-    upload_out, preview, certificates, chart, summary, *_ = actions.from_sketch(empty, None, MODELS)
-    assert preview is None and certificates.empty and chart is None and summary == ""
+    upload_out, preview, certificates, chart, summary, *_, attack_button, _, _, certify_box = (
+        actions.from_sketch(empty, None, MODELS)
+    )
+    assert preview is None and certificates.empty and chart is None and not certify_box.visible
+    assert summary == certify_tab.NO_IMAGE_SUMMARY and "draw a digit" in summary, "the page says what to do"
+    assert not attack_button.interactive, "nothing to attack"
     skipped = actions.from_sketch(empty, str(OTHER_EXAMPLE), MODELS)
     assert all(value == gr.skip() for value in skipped), (
         "the canvas was cleared by an upload: keep its results"
     )
+
+
+def test_results_follow_the_chosen_models(store: ModelStore, tmp_path: Path) -> None:
+    actions = certify_tab.Actions(store)
+    _, certificates, chart, summary, *attack, certify_box = actions.from_models(
+        None, str(EXAMPLE), MODELS[1:]
+    )
+    assert list(certificates["model"]) == MODELS[1:] and [t.name for t in chart.data] == MODELS[1:]
+    assert summary.count("certified radius") == 2 and certify_box.visible
+    assert attack[0] is None and attack[1].empty, "attacks on the old choice of models are gone"
+    preview, certificates, chart, summary, *_, certify_box = actions.from_models(None, str(EXAMPLE), [])
+    assert preview is not None and certificates.empty and chart is None and not certify_box.visible
+    assert "Choose at least one model" in summary
+    blank = png(tmp_path, "blank.png", np.full((50, 50), 255, np.uint8))
+    assert all(v == gr.skip() for v in actions.from_models(None, blank, MODELS)), "its message stays"
+
+
+def test_a_failed_or_cancelled_attack_leaves_the_button_ready_only_with_an_image(
+    store: ModelStore, tmp_path: Path
+) -> None:
+    actions = certify_tab.Actions(store)
+    button, prompt, box = actions.attack_stopped(None, str(EXAMPLE), MODELS)
+    assert button.interactive and prompt == certify_tab.ATTACK_PROMPT and not box.visible
+    blank = png(tmp_path, "blank.png", np.full((50, 50), 255, np.uint8))
+    for nothing in [(None, None, MODELS), (None, blank, MODELS), (None, str(EXAMPLE), [])]:
+        button, prompt, box = actions.attack_stopped(*nothing)
+        assert not button.interactive and prompt == "" and not box.visible
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning outside a request
@@ -344,8 +375,9 @@ def test_an_unusable_new_image_clears_the_old_results_and_says_why(store: ModelS
     actions = certify_tab.Actions(store)
     blank = png(tmp_path, "blank.png", np.full((50, 50), 255, np.uint8))
     for upload, words in [(blank, "the image is blank"), (UnreadableUpload("x.svg is a vector"), "x.svg")]:
-        _, _, preview, certificates, chart, summary, *_ = actions.from_upload(upload, None, MODELS)
+        _, _, preview, certificates, chart, summary, *_, box = actions.from_upload(upload, None, MODELS)
         assert preview is None and certificates.empty and chart is None and words in summary
+        assert not box.visible, "no empty frames under the message"
 
 
 def test_the_page_opens_on_a_worked_example_computed_once(store: ModelStore) -> None:

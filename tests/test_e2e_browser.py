@@ -118,9 +118,10 @@ def test_results_follow_the_input_an_example_then_a_drawing(page: sync_api.Page)
     after_drawing = wait_for_new_summary(page, after_example)
     assert after_drawing.count("certified radius") == len(MODELS)
     page.locator("#sketch-input button[aria-label='Clear canvas']").click()
-    page.wait_for_function(f"() => document.querySelector('{SUMMARY}').innerText.trim() === ''")
+    page.locator(SUMMARY).get_by_text("No image yet").wait_for()
+    assert not page.get_by_text("Certificates", exact=True).is_visible(), "no empty table under the prompt"
     draw_stroke(page)  # the brush is still selected after Clear
-    assert wait_for_new_summary(page, "").count("certified radius") == len(MODELS)
+    assert wait_for_new_summary(page, summary(page)).count("certified radius") == len(MODELS)
 
 
 def test_a_white_digit_on_a_transparent_png_is_certified(page: sync_api.Page, tmp_path: Path) -> None:
