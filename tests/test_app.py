@@ -176,6 +176,17 @@ def test_gradient_norms_draw_one_gradient_and_the_jacobian_band_per_model(client
         assert all(v > 0 for v in trace["y"])
     assert figure["layout"]["yaxis"]["type"] == "log"
     assert any("adds" in label for label in figure["data"][0]["x"]), "channel-expanding layers are marked"
+    assert all(figure["layout"][axis]["title"]["text"] for axis in ("xaxis", "xaxis2", "yaxis", "yaxis2"))
+
+
+def test_log_axes_label_values_below_one_as_decimals() -> None:
+    from demo.figures import log_axis
+
+    axis = log_axis([0.07, 0.3, 1.0, 12.0])
+    labels = dict(zip(axis["ticktext"], axis["tickvals"], strict=True))
+    assert {"0.05", "0.1", "0.2", "0.5", "1", "2", "5", "10", "20"} <= set(labels)
+    assert labels["0.2"] == pytest.approx(0.2) and labels["5"] == pytest.approx(5), "0.2 reads 0.2, not 2"
+    assert log_axis([1.0, 1.4]) == {"type": "log"}, "a narrow range keeps plotly's finer ticks"
 
 
 def test_bcop_singular_values_are_all_one_and_plain_ones_are_not(client: Client) -> None:
