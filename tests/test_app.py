@@ -436,14 +436,23 @@ def test_an_unreachable_hub_means_the_embedded_checkpoints_without_waiting(
     assert served_model.loaded.source == "local" and "could not be reached" in store.source(served_model)
 
 
-def test_opening_a_tab_draws_its_chart_only_when_there_is_something_to_draw(store: ModelStore) -> None:
+def test_opening_a_tab_draws_its_chart_only_when_there_is_something_to_draw(
+    store: ModelStore, tmp_path: Path
+) -> None:
     from demo import orthogonality_tab
 
     grads, spectra = gradients_tab.Actions(store), orthogonality_tab.Actions(store)
-    for nothing in (grads.when_shown(None, None, MODELS[:2]), grads.when_shown(None, str(EXAMPLE), []),
-                    *spectra.when_shown([])):  # fmt: skip
-        assert nothing == gr.skip()
-    figure = grads.when_shown(None, str(EXAMPLE), MODELS[:2])
-    assert {trace.name for trace in figure.data} >= set(MODELS[:2])
-    chart, summary = spectra.when_shown(MODELS[:1])
-    assert len(chart.data) > 0 and set(summary["model"]) == {MODELS[0]}
+    blank = png(tmp_path, "blank.png", np.full((50, 50), 255, np.uint8))
+    for args, note in [
+        ((None, None, MODELS[:2]), gradients_tab.NO_IMAGE_NOTE),
+        ((None, blank, MODELS[:2]), gradients_tab.UNUSABLE_NOTE),
+        ((None, str(EXAMPLE), []), gradients_tab.NO_MODEL_NOTE),
+    ]:
+        chart, shown_note, box = grads.when_shown(*args)
+        assert chart is None and shown_note == note and not box.visible, "a note instead of an empty frame"
+    chart, _, shown_note, box = spectra.when_shown([])
+    assert chart is None and "Choose at least one model" in shown_note and not box.visible
+    figure, shown_note, box = grads.when_shown(None, str(EXAMPLE), MODELS[:2])
+    assert {trace.name for trace in figure.data} >= set(MODELS[:2]) and shown_note == "" and box.visible
+    chart, summary, shown_note, box = spectra.when_shown(MODELS[:1])
+    assert len(chart.data) > 0 and set(summary["model"]) == {MODELS[0]} and box.visible
