@@ -396,9 +396,10 @@ def _layout(store: ModelStore, start: dict[str, Any]) -> _Widgets:
 
 def _wire_attack(actions: Actions, w: _Widgets) -> gr.events.Dependency:
     """Attack on click, the button disabled and the progress shown under it while it runs; then
-    "Done", or the button ready again when the attack failed or a new input cancelled it."""
+    "Done" and the results (hidden until they are there), or the button ready again when the
+    attack failed or a new input cancelled it."""
     busy = w.attack_btn.click(
-        lambda: (gr.Button(interactive=False), "Attacking…", gr.Column(visible=True)),
+        lambda: (gr.Button(interactive=False), "Attacking…", gr.Column(visible=False)),
         None,
         [w.attack_btn, w.attack_status, w.attack_box],
         queue=False,
@@ -415,7 +416,11 @@ def _wire_attack(actions: Actions, w: _Widgets) -> gr.events.Dependency:
     )
     ended = [w.attack_btn, w.attack_status, w.attack_box]
     running.success(
-        lambda: (gr.Button(interactive=True), ATTACK_DONE, gr.skip()), None, ended, queue=False, **PRIVATE
+        lambda: (gr.Button(interactive=True), ATTACK_DONE, gr.Column(visible=True)),
+        None,
+        ended,
+        queue=False,
+        **PRIVATE,
     )
     running.failure(actions.attack_stopped, [w.sketch, w.upload, w.models], ended, queue=False, **PRIVATE)
     return running
