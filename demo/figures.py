@@ -36,7 +36,8 @@ MODEL_COLORS = {
     "bcop-small-mnist-relu": "#393b79",
 }
 _SPARE_COLORS = ("#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
-CERTIFIED_COLOR, ATTACK_COLOR = "#2ca02c", "#d62728"
+# Darker than every model's colour, so that a marker never reads as a model (ossn is green, plain red).
+CERTIFIED_COLOR, ATTACK_COLOR = "#00441b", "#67000d"
 LEGEND_BELOW = {"orientation": "h", "y": -0.25}
 
 

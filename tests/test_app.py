@@ -456,3 +456,9 @@ def test_opening_a_tab_draws_its_chart_only_when_there_is_something_to_draw(
     assert {trace.name for trace in figure.data} >= set(MODELS[:2]) and shown_note == "" and box.visible
     chart, summary, shown_note, box = spectra.when_shown(MODELS[:1])
     assert len(chart.data) > 0 and set(summary["model"]) == {MODELS[0]} and box.visible
+
+
+def test_the_bounds_markers_have_colours_no_model_has() -> None:
+    from demo.figures import ATTACK_COLOR, CERTIFIED_COLOR, MODEL_COLORS
+
+    assert {CERTIFIED_COLOR, ATTACK_COLOR}.isdisjoint(MODEL_COLORS.values())
