@@ -5,16 +5,18 @@ losses and per-layer gradient norms as they go (the demo's live experiment; usab
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from bcop.gradnorm import LayerGradNorm, layer_gradient_norms
 from bcop.models import create_model
-from bcop.train import TrainConfig, make_loss, train_step
+from bcop.train import TrainConfig, make_loss, svcm_after_step, train_step
 
 __all__ = ["TrainingSnapshot", "train_side_by_side"]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> scalar loss
 
 
 @dataclass
@@ -63,6 +65,48 @@ def _fresh_models(names: Sequence[str], seed: int) -> dict[str, torch.nn.Module]
     return models
 
 
+class _SideBySide:
+    """Networks trained together: their optimisers, the probe batch and the history so far."""
+
+    def __init__(
+        self, names: Sequence[str], probe: tuple[torch.Tensor, torch.Tensor], steps: int, seed: int
+    ) -> None:
+        self.config = TrainConfig(model="")
+        self.models = _fresh_models(names, seed)
+        self.optimizers = {
+            name: torch.optim.Adam(model.parameters(), lr=self.config.lr)
+            for name, model in self.models.items()
+        }
+        self.probe = probe
+        self.steps = steps
+        self.losses: dict[str, list[float]] = {name: [] for name in names}
+        self.accuracies: dict[str, list[float]] = {name: [] for name in names}
+        self.start = time.perf_counter()
+
+    def train_step(self, step: int, x: torch.Tensor, y: torch.Tensor, loss_fn: LossFn) -> None:
+        """Optimiser step ``step`` (counted from 1) of every network on the batch (x, y)."""
+        for name, model in self.models.items():
+            value, acc = train_step(model, self.optimizers[name], x, y, loss_fn)
+            self.losses[name].append(value)
+            self.accuracies[name].append(acc)
+            svcm_after_step(model, step, self.config.svcm_every, self.config.svcm_rounds)
+
+    def snapshot(self, step: int) -> TrainingSnapshot:
+        """The state after ``step`` steps, with gradient norms measured on the probe batch now."""
+        norms = {}
+        for name, model in self.models.items():
+            model.eval()
+            norms[name] = layer_gradient_norms(model, *self.probe, objective="margin")
+        return TrainingSnapshot(
+            step,
+            self.steps,
+            {k: list(v) for k, v in self.losses.items()},
+            {k: list(v) for k, v in self.accuracies.items()},
+            norms,
+            time.perf_counter() - self.start,
+        )
+
+
 def train_side_by_side(
     names: Sequence[str],
     images: torch.Tensor,
@@ -77,10 +121,10 @@ def train_side_by_side(
     """Train freshly initialised networks on identical batches and report as training runs.
 
     Every network gets the same sequence of batches, the same loss and the paper's optimiser
-    (Adam, learning rate ``TrainConfig.lr``; SVCM layers projected every
-    ``TrainConfig.svcm_every`` steps), so differences come from the architecture alone. The
-    per-layer gradient norms are those of the logit margin of the true class on a fixed probe
-    batch (:func:`~bcop.gradnorm.layer_gradient_norms`).
+    (Adam, learning rate ``TrainConfig.lr``; SVCM layers projected as
+    :func:`~bcop.train.svcm_after_step` does with ``TrainConfig``'s defaults), so differences
+    come from the architecture alone. The per-layer gradient norms are those of the logit
+    margin of the true class on a fixed probe batch (:func:`~bcop.gradnorm.layer_gradient_norms`).
 
     Args:
         names: registry names, e.g. ``["bcop-small-mnist", "plain-small-mnist"]``.
@@ -97,42 +141,13 @@ def train_side_by_side(
         A snapshot before the first step, every ``report_every`` steps, and after the last.
     """
     _check_run(names, images, labels, steps, batch_size, report_every)
-    defaults = TrainConfig(model="")
     loss_fn = make_loss(loss)
-    models = _fresh_models(names, seed)
-    optimizers = {
-        name: torch.optim.Adam(model.parameters(), lr=defaults.lr) for name, model in models.items()
-    }
     gen = torch.Generator().manual_seed(seed)
     probe = torch.randperm(len(images), generator=gen)[:probe_size]
-    probe_x, probe_y = images[probe], labels[probe]
-    losses: dict[str, list[float]] = {name: [] for name in names}
-    accuracies: dict[str, list[float]] = {name: [] for name in names}
-    start = time.perf_counter()
-
-    def snapshot(step: int) -> TrainingSnapshot:
-        norms = {}
-        for name, model in models.items():
-            model.eval()
-            norms[name] = layer_gradient_norms(model, probe_x, probe_y, objective="margin")
-        return TrainingSnapshot(
-            step,
-            steps,
-            {k: list(v) for k, v in losses.items()},
-            {k: list(v) for k, v in accuracies.items()},
-            norms,
-            time.perf_counter() - start,
-        )
-
-    yield snapshot(0)
+    run = _SideBySide(names, (images[probe], labels[probe]), steps, seed)
+    yield run.snapshot(0)
     for step in range(1, steps + 1):
         batch = torch.randint(len(images), (batch_size,), generator=gen)
-        x, y = images[batch], labels[batch]
-        for name, model in models.items():
-            value, acc = train_step(model, optimizers[name], x, y, loss_fn)
-            losses[name].append(value)
-            accuracies[name].append(acc)
-            if defaults.svcm_every and step % defaults.svcm_every == 0:
-                model.project_(defaults.svcm_rounds)
+        run.train_step(step, images[batch], labels[batch], loss_fn)
         if step % report_every == 0 or step == steps:
-            yield snapshot(step)
+            yield run.snapshot(step)

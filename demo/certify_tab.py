@@ -15,6 +15,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 import torch
+from gradio.components import Component
 
 from bcop.report import (
     ATTACK_COLUMNS,
@@ -27,7 +28,14 @@ from bcop.report import (
 )
 from demo import figures
 from demo.errors import friendly, log, validated
-from demo.inputs import current_input, has_drawing, model_input, png_file, readable_upload
+from demo.inputs import (
+    NO_IMAGE_MESSAGE,
+    current_input,
+    has_drawing,
+    model_input,
+    png_file,
+    readable_upload,
+)
 from demo.store import ModelStore
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
@@ -51,6 +59,9 @@ BOUNDS_CAPTION = (
     "certificate is exact)."
 )
 ATTACK_PROMPT = "Press **Attack** to look for adversarial examples of this image."
+ATTACK_DONE = "Done: the attack's results are below the certificates."
+NO_IMAGE_SUMMARY = f"*{NO_IMAGE_MESSAGE.capitalize()}.*"
+NO_MODEL_SUMMARY = "*Choose at least one model.*"
 
 
 @dataclass
@@ -61,7 +72,7 @@ class CertifyTab:
     upload: gr.Image
 
     @property
-    def image_inputs(self) -> list[gr.components.Component]:
+    def image_inputs(self) -> list[Component]:
         return [self.sketch, self.upload]
 
 
@@ -119,31 +130,40 @@ def _certify_outputs(store: ModelStore, x: torch.Tensor, names: list[str]) -> tu
     return png_file(x), table, figures.probabilities_figure(certs), summary
 
 
-def _cleared_attack() -> tuple[Any, ...]:
-    """The attack outputs reset and hidden; the attack button enabled, with its prompt."""
-    hidden = gr.Column(visible=False)
-    return None, _empty(ATTACK_COLUMNS), None, "", gr.Button(interactive=True), ATTACK_PROMPT, hidden
+def _cleared_attack(ready: bool = True) -> tuple[Any, ...]:
+    """The attack outputs reset and hidden; the attack button enabled, with its prompt, when
+    there is an image to attack (``ready``)."""
+    button, prompt = gr.Button(interactive=ready), ATTACK_PROMPT if ready else ""
+    return None, _empty(ATTACK_COLUMNS), None, "", button, prompt, gr.Column(visible=False)
 
 
-def _nothing() -> tuple[Any, ...]:
-    """Every result cleared: there is no image."""
-    return None, _empty([*CERTIFY_COLUMNS, "loaded from"]), None, "", *_cleared_attack()
+def _nothing(summary: str = NO_IMAGE_SUMMARY) -> tuple[Any, ...]:
+    """Every result cleared and its frames hidden, the summary saying why (by default: there is
+    no image)."""
+    empty = _empty([*CERTIFY_COLUMNS, "loaded from"])
+    return None, empty, None, summary, *_cleared_attack(ready=False), gr.Column(visible=False)
 
 
 def _unusable(message: str) -> tuple[Any, ...]:
     """Every result cleared, the summary saying why the new image cannot be used."""
     log.info("input refused: %s", message)
     gr.Warning(message)
-    return None, _empty([*CERTIFY_COLUMNS, "loaded from"]), None, f"**{message}**", *_cleared_attack()
+    return _nothing(f"**{message}**")
 
 
 def _follow(store: ModelStore, x: torch.Tensor | None, models: list[str]) -> tuple[Any, ...]:
-    """Results for a new input ``x``: certified (when models are chosen), attacks cleared."""
+    """Results for a new input ``x`` or a new choice of models: certified by the chosen models,
+    attacks cleared."""
     if x is None:
         return _nothing()
     if not models:
-        return png_file(x), gr.skip(), gr.skip(), "Choose at least one model.", *_cleared_attack()
-    return *_certify_outputs(store, x, store.check(models)), *_cleared_attack()
+        return png_file(x), *_nothing(NO_MODEL_SUMMARY)[1:]
+    return *_certify_outputs(store, x, store.check(models)), *_cleared_attack(), gr.Column(visible=True)
+
+
+def _unchanged(extra: int = 0) -> tuple[Any, ...]:
+    """No result changes (and ``extra`` more outputs neither)."""
+    return (gr.skip(),) * (extra + len(_nothing()))
 
 
 class Actions:
@@ -167,7 +187,7 @@ class Actions:
     def from_sketch(self, sketch: dict | None, upload: str | None, models: list[str]) -> tuple[Any, ...]:
         """A stroke (or Clear) on the canvas: the drawing becomes the input, the upload goes."""
         if not has_drawing(sketch) and upload is not None:
-            return (gr.skip(),) * (1 + len(_nothing()))  # cleared because an upload became the input
+            return _unchanged(1)  # cleared because an upload became the input
         return None, *_follow(self.store, current_input(sketch, None), models)
 
     @friendly
@@ -175,13 +195,32 @@ class Actions:
         """An upload or an example becomes the input (the drawing goes); removing it clears."""
         if upload is None:
             if has_drawing(sketch):
-                return (gr.skip(),) * (2 + len(_nothing()))  # removed because a drawing became the input
+                return _unchanged(2)  # removed because a drawing became the input
             return gr.skip(), gr.skip(), *_nothing()
         try:
             x = model_input(None, upload)
         except ValueError as err:
             return None, gr.Tabs(selected="upload"), *_unusable(str(err))
         return None, gr.Tabs(selected="upload"), *_follow(self.store, x, models)
+
+    @friendly
+    def from_models(self, sketch: dict | None, upload: str | None, models: list[str]) -> tuple[Any, ...]:
+        """A model ticked or unticked: the image certified by the chosen models. An unusable
+        image keeps its message."""
+        try:
+            x = current_input(sketch, upload)
+        except ValueError:
+            return _unchanged()
+        return _follow(self.store, x, models)
+
+    def attack_stopped(self, sketch: dict | None, upload: str | None, models: list[str]) -> tuple[Any, ...]:
+        """The attack button and its prompt after an attack failed (its error says why) or was
+        cancelled by a new input: ready again when there is an image and a model."""
+        try:
+            ready = bool(models) and current_input(sketch, upload) is not None
+        except ValueError:  # an unusable image: the summary says why
+            ready = False
+        return _cleared_attack(ready)[-3:]
 
     @friendly
     def attack(
@@ -289,31 +328,33 @@ class _Widgets:
     preprocess_btn: gr.Button
     attack_btn: gr.Button
     attack_status: gr.Markdown
-    certified: list[gr.components.Component]  # preview, table, chart, summary: the certify outputs
-    attacked: list[gr.components.Component]  # grid, table, bounds chart, summary: the attack outputs
+    certified: list[Component]  # preview, table, chart, summary: the certify outputs
+    attacked: list[Component]  # grid, table, bounds chart, summary: the attack outputs
     attack_box: gr.Column
+    certify_box: gr.Column  # the certificates' table and chart
 
 
-def _results(
-    start: dict[str, Any],
-) -> tuple[list[gr.components.Component], list[gr.components.Component], gr.Column]:
-    """The certificate's table, chart and summary, then the attack's, hidden until an attack runs."""
-    summary = gr.Markdown(start.get("summary", ""), elem_id="certify-summary")
-    table = gr.Dataframe(
-        value=start.get("table"),
-        headers=[*CERTIFY_COLUMNS, "loaded from"],
-        label="Certificates",
-        interactive=False,
-        wrap=True,
-    )
-    chart = gr.Plot(value=start.get("chart"), label="Probabilities")
+def _results(start: dict[str, Any]) -> tuple[list[Component], list[Component], gr.Column, gr.Column]:
+    """The certificate's table, chart and summary, then the attack's; their frames are hidden
+    while they are empty (no image; no attack yet)."""
+    summary = gr.Markdown(start.get("summary", NO_IMAGE_SUMMARY), elem_id="certify-summary")
+    with gr.Column(visible=bool(start)) as certify_box:
+        table = gr.Dataframe(
+            value=start.get("table"),
+            headers=[*CERTIFY_COLUMNS, "loaded from"],
+            label="Certificates",
+            interactive=False,
+            wrap=True,
+        )
+        chart = gr.Plot(value=start.get("chart"), label="Probabilities")
     with gr.Column(visible=False) as attack_box:
         attack_md = gr.Markdown(elem_id="attack-summary")
         bounds_plot = gr.Plot(label="Certified radius vs. attack")
         gr.Markdown(BOUNDS_CAPTION)
         attack_table = gr.Dataframe(headers=ATTACK_COLUMNS, label="Attacks", interactive=False, wrap=True)
         attack_plot = gr.Plot(label="Adversarial images and perturbations")
-    return [table, chart, summary], [attack_plot, attack_table, bounds_plot, attack_md], attack_box
+    certified, attacked = [table, chart, summary], [attack_plot, attack_table, bounds_plot, attack_md]
+    return certified, attacked, certify_box, attack_box
 
 
 def _layout(store: ModelStore, start: dict[str, Any]) -> _Widgets:
@@ -338,19 +379,27 @@ def _layout(store: ModelStore, start: dict[str, Any]) -> _Widgets:
             epsilon = validated(
                 gr.Slider(EPS_MIN, EPS_MAX, value=EPS_DEFAULT, step=0.01, label="Attack radius ε (L2)")
             )
-            attack_btn = gr.Button("Attack (PGD + smallest-perturbation search)", elem_id="attack-button")
-            attack_status = gr.Markdown(ATTACK_PROMPT, elem_id="attack-status", min_height=60)
-    certified, attacked, attack_box = _results(start)
+            attack_btn = gr.Button(
+                "Attack (PGD + smallest-perturbation search)",
+                interactive=bool(start),
+                elem_id="attack-button",
+            )
+            attack_status = gr.Markdown(
+                ATTACK_PROMPT if start else "", elem_id="attack-status", min_height=60
+            )
+    certified, attacked, certify_box, attack_box = _results(start)
     return _Widgets(
         input_tabs, sketch, upload, models, epsilon, certify_btn, preprocess_btn, attack_btn, attack_status,
-        [preview, *certified], attacked, attack_box,
+        [preview, *certified], attacked, attack_box, certify_box,
     )  # fmt: skip
 
 
 def _wire_attack(actions: Actions, w: _Widgets) -> gr.events.Dependency:
-    """Attack on click, the button disabled and the progress shown under it while it runs."""
+    """Attack on click, the button disabled and the progress shown under it while it runs; then
+    "Done" and the results (hidden until they are there), or the button ready again when the
+    attack failed or a new input cancelled it."""
     busy = w.attack_btn.click(
-        lambda: (gr.Button(interactive=False), "Attacking…", gr.Column(visible=True)),
+        lambda: (gr.Button(interactive=False), "Attacking…", gr.Column(visible=False)),
         None,
         [w.attack_btn, w.attack_status, w.attack_box],
         queue=False,
@@ -365,13 +414,15 @@ def _wire_attack(actions: Actions, w: _Widgets) -> gr.events.Dependency:
         concurrency_limit=1,
         show_progress_on=[w.attack_status],
     )
-    running.then(
-        lambda: (gr.Button(interactive=True), "Done: the attack's results are below the certificates."),
+    ended = [w.attack_btn, w.attack_status, w.attack_box]
+    running.success(
+        lambda: (gr.Button(interactive=True), ATTACK_DONE, gr.Column(visible=True)),
         None,
-        [w.attack_btn, w.attack_status],
+        ended,
         queue=False,
         **PRIVATE,
     )
+    running.failure(actions.attack_stopped, [w.sketch, w.upload, w.models], ended, queue=False, **PRIVATE)
     return running
 
 
@@ -382,7 +433,7 @@ def create_tab(store: ModelStore) -> CertifyTab:
     w.preprocess_btn.click(actions.preprocess, image_inputs, w.certified[:1], api_name="preprocess", **FAST)
     w.certify_btn.click(actions.certify, [*image_inputs, w.models], w.certified, api_name="certify", **FAST)
     running = _wire_attack(actions, w)
-    following = [*w.certified, *w.attacked, w.attack_btn, w.attack_status, w.attack_box]
+    following = [*w.certified, *w.attacked, w.attack_btn, w.attack_status, w.attack_box, w.certify_box]
     changed = {
         "cancels": [running],
         "trigger_mode": "always_last",
@@ -394,4 +445,5 @@ def create_tab(store: ModelStore) -> CertifyTab:
     w.upload.change(
         actions.from_upload, [w.upload, w.sketch, w.models], [w.sketch, w.input_tabs, *following], **changed
     )
+    w.models.input(actions.from_models, [*image_inputs, w.models], following, **changed)
     return CertifyTab(w.sketch, w.upload)

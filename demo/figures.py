@@ -6,7 +6,9 @@ Every model has one colour of its own, the same in every chart (:func:`model_col
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import math
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 import plotly.graph_objects as go
@@ -34,7 +36,8 @@ MODEL_COLORS = {
     "bcop-small-mnist-relu": "#393b79",
 }
 _SPARE_COLORS = ("#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
-CERTIFIED_COLOR, ATTACK_COLOR = "#2ca02c", "#d62728"
+# Darker than every model's colour, so that a marker never reads as a model (ossn is green, plain red).
+CERTIFIED_COLOR, ATTACK_COLOR = "#00441b", "#67000d"
 LEGEND_BELOW = {"orientation": "h", "y": -0.25}
 
 
@@ -43,6 +46,17 @@ def model_color(name: str) -> str:
     if name in MODEL_COLORS:
         return MODEL_COLORS[name]
     return _SPARE_COLORS[int(hashlib.sha256(name.encode()).hexdigest(), 16) % len(_SPARE_COLORS)]
+
+
+def log_axis(values: Iterable[float]) -> dict[str, Any]:
+    """A log axis for ``values``, labelled 0.1, 0.2, 0.5, 1, 2, 5, ... where they span more than a
+    factor of 4 (plotly would label 0.5 and 0.2 as a small "5" and "2", which read as 5 and 2)."""
+    positive = [v for v in values if v > 0]
+    if not positive or max(positive) <= 4 * min(positive):
+        return {"type": "log"}
+    low, high = math.floor(math.log10(min(positive))), math.ceil(math.log10(max(positive)))
+    ticks = [m * 10.0**e for e in range(low, high + 1) for m in (1, 2, 5)]
+    return {"type": "log", "tickvals": ticks, "ticktext": [f"{t:g}" for t in ticks]}
 
 
 def _line(name: str) -> dict[str, str]:
@@ -109,10 +123,11 @@ def bounds_figure(attacks: Sequence[ImageAttack]) -> go.Figure:
         hovertemplate="%{y}: attack found %{x:.3f}<extra></extra>",
     )
     eps = attacks[0].eps if attacks else 0.0
+    right = max([eps, *upper, *(a.radius for a in attacks)], default=1.0)
     fig.add_vline(x=eps, line_dash="dash", line_color="#555", annotation_text=f"ε = {eps:g}")
     fig.update_layout(
         title="The distance to the nearest adversarial example lies between the two bounds",
-        xaxis={"title": "L2 distance ‖δ‖₂", "rangemode": "tozero"},
+        xaxis={"title": "L2 distance ‖δ‖₂", "range": [-0.03 * right, 1.06 * right]},  # room for markers at 0
         yaxis={"autorange": "reversed"},
         height=120 + 60 * len(attacks),
         margin={"t": 50, "b": 40},
@@ -139,7 +154,7 @@ def attack_figure(x: torch.Tensor, attacks: Sequence[ImageAttack]) -> go.Figure:
     n = len(attacks)
     titles = [t for a in attacks for t in _attack_titles(a)]
     fig = make_subplots(
-        rows=n, cols=4, subplot_titles=titles, horizontal_spacing=0.03, vertical_spacing=0.12 / n
+        rows=n, cols=4, subplot_titles=titles, horizontal_spacing=0.03, vertical_spacing=0.3 / n
     )
     deltas = [r.x_adv - x for a in attacks for r in (a.pgd, a.smallest)]
     scale = max(1e-6, max(float(d.abs().max()) for d in deltas))
@@ -165,7 +180,7 @@ def attack_figure(x: torch.Tensor, attacks: Sequence[ImageAttack]) -> go.Figure:
             showticklabels=False, autorange="reversed", scaleanchor=f"x{suffix}", constrain="domain"
         )
     fig.update_annotations(font_size=11)
-    fig.update_layout(height=240 * n + 40, margin={"t": 60, "b": 10, "l": 10, "r": 10})
+    fig.update_layout(height=260 * n + 40, margin={"t": 60, "b": 10, "l": 10, "r": 10})
     return fig
 
 
@@ -217,9 +232,14 @@ def gradnorm_figure(rows: Sequence[tuple[str, list[LayerGradNorm], list[LayerJac
         labels = [_layer_label(layer) for layer in jacobian]
         fig.add_trace(_gradnorm_trace(name, labels, [n.mean for n in norms]), row=1, col=1)
         _jacobian_band(fig, name, jacobian)
-    fig.update_yaxes(title_text="‖∂ margin / ∂ layer input‖₂", type="log", row=1, col=1)
-    fig.update_yaxes(title_text="singular value of ∂ logits / ∂ layer input", type="log", row=1, col=2)
-    fig.update_layout(height=480, legend={"orientation": "h", "y": -0.3}, margin={"t": 60})
+    norms = [n.mean for _, layers, _ in rows for n in layers]
+    values = [float(v) for _, _, layers in rows for layer in layers for v in layer.singular_values]
+    fig.update_yaxes(title_text="‖∂ margin / ∂ layer input‖₂", row=1, col=1, **log_axis(norms))
+    fig.update_yaxes(
+        title_text="singular value of ∂ logits / ∂ layer input", row=1, col=2, **log_axis(values)
+    )
+    fig.update_xaxes(title_text="input of layer (channels in → out), input → output")
+    fig.update_layout(height=520, legend={"orientation": "h", "y": -0.45}, margin={"t": 60})
     return fig
 
 
@@ -246,7 +266,8 @@ def training_figure(snapshot: TrainingSnapshot) -> go.Figure:
             showlegend=False,
         )
         fig.add_trace(loss, row=1, col=2)
-    fig.update_yaxes(type="log", title_text="gradient norm", row=1, col=1)
+    norms = [n.mean for layers in snapshot.grad_norms.values() for n in layers]
+    fig.update_yaxes(title_text="gradient norm", row=1, col=1, **log_axis(norms))
     fig.update_xaxes(title_text="layer (input → output)", row=1, col=1)
     fig.update_xaxes(title_text="step", range=[0, max(1, snapshot.total_steps)], row=1, col=2)
     fig.update_yaxes(title_text="loss", rangemode="tozero", row=1, col=2)

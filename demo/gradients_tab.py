@@ -37,6 +37,11 @@ MAX_TRAIN_STEPS, DEFAULT_TRAIN_STEPS = 500, 200
 MIN_BATCH, MAX_BATCH, DEFAULT_BATCH = 8, 128, 64
 TRAIN_TIME_LIMIT_S = 180.0
 STOPPED = " · stopped (you pressed Stop)"
+NO_IMAGE_NOTE = (
+    "*No image yet: draw a digit, upload an image or pick an example on the Certify & attack tab.*"
+)
+UNUSABLE_NOTE = "*The image on the Certify & attack tab cannot be used: that tab says why.*"
+NO_MODEL_NOTE = "*Choose at least one model.*"
 
 INTRO = (
     "How much of the output's gradient reaches each layer of the current image's networks. "
@@ -117,15 +122,18 @@ class Actions:
         return figures.gradnorm_figure(rows)
 
     @friendly
-    def when_shown(self, sketch: dict | None, upload: str | None, models: list[str]) -> go.Figure | Any:
-        """:meth:`gradient_norms` when the tab opens or the models change; the chart is left as
-        it is (no error) while there is no usable image or no model to show."""
+    def when_shown(self, sketch: dict | None, upload: str | None, models: list[str]) -> tuple[Any, ...]:
+        """:meth:`gradient_norms` when the tab opens or the models change: (chart, note, chart's
+        frame). Without a usable image or a model the frame is hidden and the note says why."""
         try:
-            if not models or current_input(sketch, upload) is None:
-                return gr.skip()
+            x = current_input(sketch, upload)
         except ValueError:  # an unusable image: the Certify tab says why
-            return gr.skip()
-        return self.gradient_norms(sketch, upload, models)
+            return _no_chart(UNUSABLE_NOTE)
+        if x is None:
+            return _no_chart(NO_IMAGE_NOTE)
+        if not models:
+            return _no_chart(NO_MODEL_NOTE)
+        return self.gradient_norms(sketch, upload, models), "", gr.Column(visible=True)
 
     @friendly
     def train_live(
@@ -156,6 +164,10 @@ class Actions:
             yield from _reported(runs, stop)
         finally:
             self._stops.pop(request.session_hash, None)
+
+
+def _no_chart(note: str) -> tuple[Any, ...]:
+    return None, note, gr.Column(visible=False)
 
 
 def _reported(runs: Iterator[TrainingSnapshot], stop: threading.Event) -> Iterator[tuple[go.Figure, str]]:
@@ -199,15 +211,19 @@ def create_tab(store: ModelStore, tab: gr.Tab, certify: CertifyTab) -> None:
             gr.CheckboxGroup(store.names, value=store.defaults(), label="Models", scale=3)
         )
         grad_btn = gr.Button("Gradient norms for the current image", scale=1)
-    grad_plot = gr.Plot(label="Per-layer gradient norms")
+    grad_note = gr.Markdown(elem_id="gradient-note")
+    with gr.Column() as grad_box:
+        grad_plot = gr.Plot(label="Per-layer gradient norms")
     live_models, steps, batch, loss, train_btn, stop_btn = _live_section()
     train_status = gr.Markdown(elem_id="train-status")
-    train_plot = gr.Plot(label="Live training")
+    with gr.Column(visible=False) as train_box:  # no empty frame before the first run
+        train_plot = gr.Plot(label="Live training")
 
     inputs = [*image_inputs, grad_models]
-    grad_btn.click(actions.gradient_norms, inputs, [grad_plot], api_name="gradient_norms", **FAST)
+    drawn = grad_btn.click(actions.gradient_norms, inputs, [grad_plot], api_name="gradient_norms", **FAST)
+    drawn.success(lambda: ("", gr.Column(visible=True)), None, [grad_note, grad_box], queue=False, **PRIVATE)
     for shown in (tab.select, grad_models.change):
-        shown(actions.when_shown, inputs, [grad_plot], **PRIVATE, **FAST)
+        shown(actions.when_shown, inputs, [grad_plot, grad_note, grad_box], **PRIVATE, **FAST)
     for changed in (certify.sketch.change, certify.upload.change):  # the chart belongs to the old image
         changed(lambda: None, None, [grad_plot], queue=False, show_progress="hidden", **PRIVATE)
     train_btn.click(
@@ -218,4 +234,5 @@ def create_tab(store: ModelStore, tab: gr.Tab, certify: CertifyTab) -> None:
         concurrency_id="train",
         concurrency_limit=1,
     )
+    train_btn.click(lambda: gr.Column(visible=True), None, [train_box], queue=False, **PRIVATE)
     stop_btn.click(actions.stop, None, None, queue=False, **PRIVATE)

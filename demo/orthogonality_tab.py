@@ -13,6 +13,7 @@ from demo.certify_tab import FAST, PRIVATE
 from demo.errors import friendly, validated
 from demo.store import ModelStore
 
+NO_MODEL_NOTE = "*Choose at least one model.*"
 SPECTRA_COLUMNS = ["model", "layer", "input (C×H×W)", "count", "min σ", "median σ", "max σ"]
 INTRO = (
     "Every singular value of each convolution, as a linear operator on the input size that layer "
@@ -43,12 +44,12 @@ class Actions:
         return figures.spectra_figure(rows), pd.DataFrame(table, columns=SPECTRA_COLUMNS)
 
     @friendly
-    def when_shown(self, models: list[str]) -> tuple[go.Figure, pd.DataFrame] | Any:
-        """:meth:`singular_values` when the tab opens or the models change (nothing while no
-        model is chosen)."""
+    def when_shown(self, models: list[str]) -> tuple[Any, ...]:
+        """:meth:`singular_values` when the tab opens or the models change: (chart, table, note,
+        their frame); with no model chosen the frame is hidden and the note says so."""
         if not models:
-            return gr.skip(), gr.skip()
-        return self.singular_values(models)
+            return None, None, NO_MODEL_NOTE, gr.Column(visible=False)
+        return *self.singular_values(models), "", gr.Column(visible=True)
 
 
 def create_tab(store: ModelStore, tab: gr.Tab) -> None:
@@ -58,10 +59,13 @@ def create_tab(store: ModelStore, tab: gr.Tab) -> None:
     with gr.Row():
         sv_models = validated(gr.CheckboxGroup(store.names, value=store.defaults(), label="Models", scale=3))
         sv_btn = gr.Button("Show singular values", scale=1)
-    sv_plot = gr.Plot(label="Singular values per layer")
-    sv_table = gr.Dataframe(headers=SPECTRA_COLUMNS, label="Summary", interactive=False)
-    sv_btn.click(
+    sv_note = gr.Markdown()
+    with gr.Column() as sv_box:
+        sv_plot = gr.Plot(label="Singular values per layer")
+        sv_table = gr.Dataframe(headers=SPECTRA_COLUMNS, label="Summary", interactive=False)
+    drawn = sv_btn.click(
         actions.singular_values, [sv_models], [sv_plot, sv_table], api_name="singular_values", **FAST
     )
+    drawn.success(lambda: ("", gr.Column(visible=True)), None, [sv_note, sv_box], queue=False, **PRIVATE)
     for shown in (tab.select, sv_models.change):
-        shown(actions.when_shown, [sv_models], [sv_plot, sv_table], **PRIVATE, **FAST)
+        shown(actions.when_shown, [sv_models], [sv_plot, sv_table, sv_note, sv_box], **PRIVATE, **FAST)

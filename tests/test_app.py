@@ -178,6 +178,17 @@ def test_gradient_norms_draw_one_gradient_and_the_jacobian_band_per_model(client
         assert all(v > 0 for v in trace["y"])
     assert figure["layout"]["yaxis"]["type"] == "log"
     assert any("adds" in label for label in figure["data"][0]["x"]), "channel-expanding layers are marked"
+    assert all(figure["layout"][axis]["title"]["text"] for axis in ("xaxis", "xaxis2", "yaxis", "yaxis2"))
+
+
+def test_log_axes_label_values_below_one_as_decimals() -> None:
+    from demo.figures import log_axis
+
+    axis = log_axis([0.07, 0.3, 1.0, 12.0])
+    labels = dict(zip(axis["ticktext"], axis["tickvals"], strict=True))
+    assert {"0.05", "0.1", "0.2", "0.5", "1", "2", "5", "10", "20"} <= set(labels)
+    assert labels["0.2"] == pytest.approx(0.2) and labels["5"] == pytest.approx(5), "0.2 reads 0.2, not 2"
+    assert log_axis([1.0, 1.4]) == {"type": "log"}, "a narrow range keeps plotly's finer ticks"
 
 
 def test_bcop_singular_values_are_all_one_and_plain_ones_are_not(client: Client) -> None:
@@ -333,12 +344,43 @@ def test_results_follow_the_input_and_clearing_it_clears_them(store: ModelStore,
     assert list(certificates["model"]) == MODELS and "certified radius" in summary
     assert attack[0] is None and attack[1].empty and attack[3] == "", "the old attack results are gone"
     empty = {"background": None, "layers": [], "composite": np.zeros((336, 336, 4), np.uint8)}
-    upload_out, preview, certificates, chart, summary, *_ = actions.from_sketch(empty, None, MODELS)
-    assert preview is None and certificates.empty and chart is None and summary == ""
+    upload_out, preview, certificates, chart, summary, *_, attack_button, _, _, certify_box = (
+        actions.from_sketch(empty, None, MODELS)
+    )
+    assert preview is None and certificates.empty and chart is None and not certify_box.visible
+    assert summary == certify_tab.NO_IMAGE_SUMMARY and "draw a digit" in summary, "the page says what to do"
+    assert not attack_button.interactive, "nothing to attack"
     skipped = actions.from_sketch(empty, str(OTHER_EXAMPLE), MODELS)
     assert all(value == gr.skip() for value in skipped), (
         "the canvas was cleared by an upload: keep its results"
     )
+
+
+def test_results_follow_the_chosen_models(store: ModelStore, tmp_path: Path) -> None:
+    actions = certify_tab.Actions(store)
+    _, certificates, chart, summary, *attack, certify_box = actions.from_models(
+        None, str(EXAMPLE), MODELS[1:]
+    )
+    assert list(certificates["model"]) == MODELS[1:] and [t.name for t in chart.data] == MODELS[1:]
+    assert summary.count("certified radius") == 2 and certify_box.visible
+    assert attack[0] is None and attack[1].empty, "attacks on the old choice of models are gone"
+    preview, certificates, chart, summary, *_, certify_box = actions.from_models(None, str(EXAMPLE), [])
+    assert preview is not None and certificates.empty and chart is None and not certify_box.visible
+    assert "Choose at least one model" in summary
+    blank = png(tmp_path, "blank.png", np.full((50, 50), 255, np.uint8))
+    assert all(v == gr.skip() for v in actions.from_models(None, blank, MODELS)), "its message stays"
+
+
+def test_a_failed_or_cancelled_attack_leaves_the_button_ready_only_with_an_image(
+    store: ModelStore, tmp_path: Path
+) -> None:
+    actions = certify_tab.Actions(store)
+    button, prompt, box = actions.attack_stopped(None, str(EXAMPLE), MODELS)
+    assert button.interactive and prompt == certify_tab.ATTACK_PROMPT and not box.visible
+    blank = png(tmp_path, "blank.png", np.full((50, 50), 255, np.uint8))
+    for nothing in [(None, None, MODELS), (None, blank, MODELS), (None, str(EXAMPLE), [])]:
+        button, prompt, box = actions.attack_stopped(*nothing)
+        assert not button.interactive and prompt == "" and not box.visible
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # gr.Warning outside a request
@@ -346,8 +388,9 @@ def test_an_unusable_new_image_clears_the_old_results_and_says_why(store: ModelS
     actions = certify_tab.Actions(store)
     blank = png(tmp_path, "blank.png", np.full((50, 50), 255, np.uint8))
     for upload, words in [(blank, "the image is blank"), (UnreadableUpload("x.svg is a vector"), "x.svg")]:
-        _, _, preview, certificates, chart, summary, *_ = actions.from_upload(upload, None, MODELS)
+        _, _, preview, certificates, chart, summary, *_, box = actions.from_upload(upload, None, MODELS)
         assert preview is None and certificates.empty and chart is None and words in summary
+        assert not box.visible, "no empty frames under the message"
 
 
 def test_the_page_opens_on_a_worked_example_computed_once(store: ModelStore) -> None:
@@ -397,14 +440,29 @@ def test_an_unreachable_hub_means_the_embedded_checkpoints_without_waiting(
     assert served_model.loaded.source == "local" and "could not be reached" in store.source(served_model)
 
 
-def test_opening_a_tab_draws_its_chart_only_when_there_is_something_to_draw(store: ModelStore) -> None:
+def test_opening_a_tab_draws_its_chart_only_when_there_is_something_to_draw(
+    store: ModelStore, tmp_path: Path
+) -> None:
     from demo import orthogonality_tab
 
     grads, spectra = gradients_tab.Actions(store), orthogonality_tab.Actions(store)
-    for nothing in (grads.when_shown(None, None, MODELS[:2]), grads.when_shown(None, str(EXAMPLE), []),
-                    *spectra.when_shown([])):  # fmt: skip
-        assert nothing == gr.skip()
-    figure = grads.when_shown(None, str(EXAMPLE), MODELS[:2])
-    assert {trace.name for trace in figure.data} >= set(MODELS[:2])
-    chart, summary = spectra.when_shown(MODELS[:1])
-    assert len(chart.data) > 0 and set(summary["model"]) == {MODELS[0]}
+    blank = png(tmp_path, "blank.png", np.full((50, 50), 255, np.uint8))
+    for args, note in [
+        ((None, None, MODELS[:2]), gradients_tab.NO_IMAGE_NOTE),
+        ((None, blank, MODELS[:2]), gradients_tab.UNUSABLE_NOTE),
+        ((None, str(EXAMPLE), []), gradients_tab.NO_MODEL_NOTE),
+    ]:
+        chart, shown_note, box = grads.when_shown(*args)
+        assert chart is None and shown_note == note and not box.visible, "a note instead of an empty frame"
+    chart, _, shown_note, box = spectra.when_shown([])
+    assert chart is None and "Choose at least one model" in shown_note and not box.visible
+    figure, shown_note, box = grads.when_shown(None, str(EXAMPLE), MODELS[:2])
+    assert {trace.name for trace in figure.data} >= set(MODELS[:2]) and shown_note == "" and box.visible
+    chart, summary, shown_note, box = spectra.when_shown(MODELS[:1])
+    assert len(chart.data) > 0 and set(summary["model"]) == {MODELS[0]} and box.visible
+
+
+def test_the_bounds_markers_have_colours_no_model_has() -> None:
+    from demo.figures import ATTACK_COLOR, CERTIFIED_COLOR, MODEL_COLORS
+
+    assert {CERTIFIED_COLOR, ATTACK_COLOR}.isdisjoint(MODEL_COLORS.values())

@@ -2,8 +2,9 @@
 
 The landing state (a worked example, certified and charted, without a click), results that
 follow every change of the input (an example, a stroke drawn with the brush selected by
-default), a white digit on a transparent PNG, the model card rendered without its YAML, and
-the live training's Stop.
+default, Clear: a prompt and no empty frames) and of the chosen models, a white digit on a
+transparent PNG, the model card rendered without its YAML, the attack button, and the live
+training's Stop.
 
 Needs Debian's ``chromium`` at /usr/bin/chromium (skipped without it, except under CI, where
 ``.ci/run`` installs it and its absence is a failure). The app runs in this process on 127.0.0.1
@@ -106,7 +107,7 @@ def test_the_page_opens_on_a_certified_example_with_its_chart(page: sync_api.Pag
     assert "only" in page.locator("#digits-only").inner_text(), "the page says the models only know digits"
 
 
-def test_results_follow_the_input_an_example_then_a_drawing(page: sync_api.Page) -> None:
+def test_results_follow_the_input_an_example_a_drawing_and_the_models(page: sync_api.Page) -> None:
     preview = page.locator("#model-input img").get_attribute("src")
     landing = summary(page)
     page.locator("img[src*='digit_2_0']").first.click()
@@ -118,9 +119,16 @@ def test_results_follow_the_input_an_example_then_a_drawing(page: sync_api.Page)
     after_drawing = wait_for_new_summary(page, after_example)
     assert after_drawing.count("certified radius") == len(MODELS)
     page.locator("#sketch-input button[aria-label='Clear canvas']").click()
-    page.wait_for_function(f"() => document.querySelector('{SUMMARY}').innerText.trim() === ''")
+    page.locator(SUMMARY).get_by_text("No image yet").wait_for()
+    assert not page.get_by_text("Certificates", exact=True).is_visible(), "no empty table under the prompt"
     draw_stroke(page)  # the brush is still selected after Clear
-    assert wait_for_new_summary(page, "").count("certified radius") == len(MODELS)
+    after_clear = wait_for_new_summary(page, summary(page))
+    assert after_clear.count("certified radius") == len(MODELS)
+    page.get_by_label(MODELS[-1], exact=True).uncheck()  # and the results follow the chosen models
+    page.wait_for_function(
+        f"name => !document.querySelector('{SUMMARY}').innerText.includes(name)", arg=MODELS[-1]
+    )
+    assert summary(page).count("certified radius") == len(MODELS) - 1
 
 
 def test_a_white_digit_on_a_transparent_png_is_certified(page: sync_api.Page, tmp_path: Path) -> None:
