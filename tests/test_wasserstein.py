@@ -216,3 +216,42 @@ def test_gan_training_resumes_where_it_stopped_and_refuses_another_recipe(tmp_pa
     assert [r["step"] for r in json.loads((tmp_path / "run" / "metrics.json").read_text())] == [1, 2, 3]
     with pytest.raises(ValueError, match="other options"):
         train_gan(GanConfig(**{**cfg.__dict__, "steps": 4, "lr": 1e-3}))
+
+
+# --- the demo tab ----------------------------------------------------------------------------
+
+
+def test_tab_builds_and_its_endpoint_streams_estimates_with_the_true_value() -> None:
+    import gradio as gr
+
+    from demo.wasserstein_tab import create_tab, estimate_wasserstein
+
+    with gr.Blocks() as blocks:
+        create_tab()
+    endpoints = [d for d in blocks.fns.values() if d.api_name == "estimate_wasserstein"]
+    assert len(endpoints) == 1 and endpoints[0].concurrency_limit == 1
+    updates = list(estimate_wasserstein("translated", ["bcop-small-mnist", "svcm-small-mnist"], 10, 16, 60))
+    figure, status = updates[-1]
+    assert status.startswith("step 10/10") and status.endswith("done")
+    assert {t.name for t in figure.data} == {"bcop-small-mnist", "svcm-small-mnist"}
+    assert any(shape.y0 == 2.0 for shape in figure.layout.shapes)  # the true W1 line
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("translated", [], 10, 16, 60), "choose one or more critics"),
+        (("translated", ["bcop-large-mnist"], 10, 16, 60), "not \\['bcop-large-mnist'\\]"),
+        (("moon", ["bcop-small-mnist"], 10, 16, 60), "choose a pair"),
+        (("translated", ["bcop-small-mnist"], 10_000, 16, 60), "between 1 and"),
+        (("translated", ["bcop-small-mnist"], 10, 128, 60), "batch size"),
+        (("translated", ["bcop-small-mnist"], 10, 16, 0), "time budget"),
+    ],
+)
+def test_tab_refuses_bad_choices_with_a_message(args: tuple, message: str) -> None:
+    import gradio as gr
+
+    from demo.wasserstein_tab import estimate_wasserstein
+
+    with pytest.raises(gr.Error, match=message):
+        next(estimate_wasserstein(*args))
