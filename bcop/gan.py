@@ -322,7 +322,7 @@ def _training_seconds(metrics: list[dict[str, Any]]) -> float:
 
 def _card(cfg: dict[str, Any], step: int, seconds: float, quality: dict[str, Any]) -> str:
     command = (
-        f"python -m bcop.gan train --out runs/wgan-gp-mnist --steps {step} --width {cfg['width']} "
+        f"OMP_NUM_THREADS=1 python -m bcop.gan train --out runs/wgan-gp-mnist --steps {step} --width {cfg['width']} "
         f"--latent-dim {cfg['latent_dim']} --seed {cfg['seed']}"
     )
     hist = " | ".join(f"{100 * v:.1f}" for v in quality["class_share"])
@@ -346,7 +346,9 @@ classifier and is not in `bcop.MODEL_NAMES`.
 {step} generator steps ({cfg["n_critic"]} critic steps each) of WGAN-GP on MNIST's 60k training
 images: gradient-penalty weight {cfg["gp_weight"]:g}, Adam {cfg["lr"]:g} with betas
 ({cfg["beta1"]}, {cfg["beta2"]}), batch {cfg["batch_size"]}; generator width {cfg["width"]}, latent
-size {cfg["latent_dim"]}; {seconds / 60:.0f} minutes on one CPU thread (shared machine).
+size {cfg["latent_dim"]}; {seconds / 60:.0f} minutes on one CPU thread of a shared machine. The
+weights are the run's state saved at step {step}; nothing in the recipe depends on the total
+number of steps, so this command reproduces them:
 
 ```
 {command}
@@ -355,8 +357,10 @@ python -m bcop.gan export --run runs/wgan-gp-mnist
 
 ## Quality
 
-FID's Inception weights cannot be had here; instead `bcop-large-mnist` labels
-{quality["n"]} samples (seed 0):
+FID's Inception weights cannot be had here; instead our best classifier, `bcop-large-mnist`,
+labels {quality["n"]} samples (seed 0). A sample counts as a confident digit when the
+classifier's prediction is certified at L2 radius {quality["threshold"]:g} (its logit margin is at
+least {quality["threshold"]:g} x sqrt(2) x L): an unambiguous, typical digit.
 
 - share of samples whose predicted digit is certified at L2 radius {quality["threshold"]:g}:
   **{100 * quality["confident_share"]:.1f}%** (MNIST test images:
