@@ -322,8 +322,8 @@ def _training_seconds(metrics: list[dict[str, Any]]) -> float:
 
 def _card(cfg: dict[str, Any], step: int, seconds: float, quality: dict[str, Any]) -> str:
     command = (
-        f"OMP_NUM_THREADS=1 python -m bcop.gan train --out runs/wgan-gp-mnist --steps {step} --width {cfg['width']} "
-        f"--latent-dim {cfg['latent_dim']} --seed {cfg['seed']}"
+        "OMP_NUM_THREADS=1 python -m bcop.gan train --out runs/wgan-gp-mnist "
+        f"--steps {step} --width {cfg['width']} --latent-dim {cfg['latent_dim']} --seed {cfg['seed']}"
     )
     hist = " | ".join(f"{100 * v:.1f}" for v in quality["class_share"])
     return f"""---
