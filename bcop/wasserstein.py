@@ -455,7 +455,7 @@ def run_entry(name: str, pair: Pair, cfg: TableConfig) -> dict[str, Any]:
 
 def _pair_heading(entry: dict[str, Any]) -> str:
     known = entry["true_w1"]
-    return entry["pair_label"] + (f" (W1 = {known:g})" if known is not None else "")
+    return entry["pair"] + (f" (W1 = {known:g})" if known is not None else "")
 
 
 def _cell(entry: dict[str, Any] | None) -> str:
@@ -473,8 +473,7 @@ def _findings(entries: dict[tuple[str, str], dict[str, Any]], cfg: TableConfig) 
         if not row:
             continue
         order = sorted(row, key=lambda c: -row[c]["mean"])
-        label = next(iter(row.values()))["pair_label"]
-        text = f"- {label}: " + " > ".join(f"{c} ({row[c]['mean']:.3f})" for c in order)
+        text = f"- {pair}: " + " > ".join(f"{c} ({row[c]['mean']:.3f})" for c in order)
         maxmin = [c for c in order if not c.endswith("-relu")]
         if "bcop-small-mnist" in maxmin:
             text += (
@@ -505,6 +504,8 @@ def render_markdown(results: dict[str, Any], discussion: str = "") -> str:
             bounds = [r["lipschitz"] for r in e["runs"]] if e else []
             cells.append(f"{e['lr']:g} / {sum(bounds) / len(bounds):.3f}" if e else "not run")
         chosen.append(f"| {critic} | " + " | ".join(cells) + " |")
+    described = [next(e for k, e in entries.items() if k[1] == p) for p in pairs]
+    labels = "\n".join(f"- {e['pair']}: {e['pair_label']}" for e in described)
     hours = sum(e["train_seconds"] for e in results["entries"]) / 3600
     return DOC_TEMPLATE.format(
         command=results["command"],
@@ -518,6 +519,7 @@ def render_markdown(results: dict[str, Any], discussion: str = "") -> str:
         hours=hours,
         done=len(entries),
         planned=len(cfg.critics) * len(cfg.pairs),
+        pairs=labels,
         table="\n".join(table),
         chosen="\n".join(chosen),
         findings="\n".join(_findings(entries, cfg)),
@@ -551,6 +553,8 @@ any choice (MNIST: train / val / test splits; generated pairs: fresh samples per
 mean ± standard deviation over seeds of (E_P f - E_Q f) / L; for known pairs, the share of the
 true W1 reached. Training time: {hours:.2f} CPU-hours on {hardware} ({done} of {planned} critic and
 pair combinations finished).
+
+{pairs}
 
 {table}
 
