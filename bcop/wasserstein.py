@@ -406,8 +406,8 @@ class TableConfig:
 
     critics: tuple[str, ...] = TABLE_CRITICS
     pairs: tuple[str, ...] = PAIRS
-    steps: int = 1000
-    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)
+    steps: int = 300
+    lrs: tuple[float, ...] = (3e-4, 1e-3)
     seeds: tuple[int, ...] = (0, 1, 2)
     batch_size: int = 64
     n_select: int = 2000
