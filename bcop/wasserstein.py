@@ -483,6 +483,11 @@ def _findings(entries: dict[tuple[str, str], dict[str, Any]], cfg: TableConfig) 
             a, b = row["bcop-small-mnist"], row["bcop-small-mnist-relu"]
             diff = a["mean"] - b["mean"]
             text += f"; BCOP MaxMin - ReLU = {diff:+.3f} (spreads {a['spread']:.3f}, {b['spread']:.3f})"
+        known = next(iter(row.values()))["true_w1"]
+        if known is not None:
+            runs = [r for e in row.values() for r in e["runs"]]
+            over = [r for r in runs if r["value"] > known + 3 * r["stderr"]]
+            text += f"; estimates above W1 + 3 standard errors: {len(over)} of {len(runs)}"
         lines.append(text)
     return lines
 
