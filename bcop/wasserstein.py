@@ -1,4 +1,4 @@
-"""Wasserstein-1 distance estimation with provably Lipschitz critics (the paper's section 5.2).
+"""Wasserstein-1 distance estimation with provably Lipschitz critics (the paper's second application).
 
 By Kantorovich-Rubinstein duality ``W1(P, Q) = sup_{||f||_L <= 1} E_P f - E_Q f``. A critic is a
 network of the registry (``bcop-small-mnist``, ``rko-small-mnist``, ..., with a one-unit head)
