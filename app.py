@@ -20,7 +20,7 @@ import gradio as gr
 import torch
 
 from bcop.hub import hub_owner
-from demo import certify_tab, gradients_tab, models_tab, orthogonality_tab
+from demo import certify_tab, gradients_tab, models_tab, orthogonality_tab, wasserstein_tab
 from demo.store import ModelStore
 
 CSS = """
@@ -60,9 +60,10 @@ def build_demo(hub_repo: str | None = None) -> gr.Blocks:
                 gradients_tab.create_tab(store, tab, certify)
             with gr.Tab("Orthogonality") as tab:
                 orthogonality_tab.create_tab(store, tab)
+            with gr.Tab("Wasserstein"):
+                wasserstein_tab.create_tab()
             with gr.Tab("Models"):
                 models_tab.create_tab(store, demo)
-            # The Wasserstein tab (demo/wasserstein_tab.py, create_tab()) goes here, in its own gr.Tab.
     demo.store = store  # type: ignore[attr-defined]  (for start-up warming and tests)
     return demo
 

@@ -31,7 +31,7 @@ from torch import nn
 from bcop.certify import certify
 from bcop.data import load_dataset
 from bcop.hub import checkpoints_dir, load_model
-from bcop.train import _load_state, _save_state
+from bcop.train import load_state, save_state
 
 __all__ = [
     "GENERATOR_NAME",
@@ -193,8 +193,8 @@ def train_gan(cfg: GanConfig, log_every: int = 50) -> dict[str, Any]:
     state = out / "state"
     if (state / "generator" / "state.json").is_file():
         _check_resumable(state, cfg)
-        step = _load_state(state / "critic", critic, opt_c)["step"]
-        step = _load_state(state / "generator", gen, opt_g)["step"]
+        step = load_state(state / "critic", critic, opt_c)["step"]
+        step = load_state(state / "generator", gen, opt_g)["step"]
     metrics_path = out / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.is_file() else []
     start = time.time()
@@ -213,8 +213,8 @@ def train_gan(cfg: GanConfig, log_every: int = 50) -> dict[str, Any]:
             print(json.dumps(record), flush=True)
         if step % cfg.save_every == 0 or step == cfg.steps:
             info = {"step": step, "config": dataclasses.asdict(cfg)}
-            _save_state(state / "critic", critic, opt_c, info)
-            _save_state(state / "generator", gen, opt_g, info)
+            save_state(state / "critic", critic, opt_c, info)
+            save_state(state / "generator", gen, opt_g, info)
             metrics_path.write_text(json.dumps(metrics, indent=1))
     return record
 

@@ -247,7 +247,10 @@ def _read_config(path: Path, expected_name: str | None) -> ModelConfig:
         raise ValueError(f"{path} must hold a JSON object of config fields, not a {type(data).__name__}")
     kind = data.get("kind", "classifier")
     if kind != "classifier":
-        raise ValueError(f"{path} describes a {kind!r}, not a classifier: load_model loads classifiers only")
+        raise ValueError(
+            f"{path} describes a {kind!r}, not a classifier: load_model loads classifiers only"
+            + (" (bcop.gan.load_generator loads a generator)" if kind == "generator" else "")
+        )
     try:
         config = ModelConfig.from_dict(data)
     except (TypeError, ValueError) as err:

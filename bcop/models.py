@@ -52,6 +52,7 @@ __all__ = [
     "parse_model_name",
     "build_model",
     "create_model",
+    "dense_layer",
 ]
 
 ARCHS = ("small", "large", "fc")
@@ -236,7 +237,9 @@ def _conv(config: ModelConfig, cin: int, cout: int, k: int, size: int) -> Lipsch
     return PlainConv2d(cin, cout, k)
 
 
-def _dense(config: ModelConfig, fin: int, fout: int) -> LipschitzLinear:
+def dense_layer(config: ModelConfig, fin: int, fout: int) -> LipschitzLinear:
+    """The dense layer a network of ``config`` uses, ``fin`` -> ``fout`` features: Björck-orthogonal
+    (with the config's orthonormalisation settings), or unconstrained for plain networks."""
     if config.conv == "plain":
         return LipschitzLinear(fin, fout)
     return BjorckLinear(fin, fout, ortho=config.ortho)
@@ -275,10 +278,10 @@ class LipschitzNet(nn.Sequential):
         yield "flatten", nn.Flatten()
         features = channels * size * size
         for j, width in enumerate(DENSE_SPECS[config.arch], start=1):
-            yield f"dense{j}", _dense(config, features, width)
+            yield f"dense{j}", dense_layer(config, features, width)
             yield f"dense_act{j}", _activation(config)
             features = width
-        yield "logits", _dense(config, features, NUM_CLASSES)
+        yield "logits", dense_layer(config, features, NUM_CLASSES)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, C, H, W) in [0, 1] -> logits (N, 10)."""

@@ -52,6 +52,8 @@ __all__ = [
     "multiclass_hinge",
     "make_loss",
     "train_step",
+    "save_state",
+    "load_state",
     "exponential_lr",
     "svcm_after_step",
     "train",
@@ -163,7 +165,7 @@ def train_step(
 # --- resumable state -------------------------------------------------------------------------
 
 
-def _save_state(
+def save_state(
     folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any]
 ) -> None:
     """Write weights, optimiser moments and RNG state (safetensors) plus ``info`` (JSON)."""
@@ -182,7 +184,9 @@ def _save_state(
     (folder / "state.json.tmp").replace(folder / "state.json")
 
 
-def _load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+def load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """Restore what :func:`save_state` wrote into ``model``, ``optimizer`` and torch's RNG; returns
+    the ``info`` saved with it."""
     tensors = load_file(str(folder / "state.safetensors"))
     meta = json.loads((folder / "state.json").read_text())
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
@@ -322,7 +326,7 @@ def _resume(cfg: TrainConfig, out: Path, model: nn.Module, optimizer: torch.opti
     if not (folder / "state.json").is_file():
         return _Progress()
     _check_resumable(folder, cfg)
-    meta = _load_state(folder, model, optimizer)
+    meta = load_state(folder, model, optimizer)
     return _Progress(
         meta["epoch"] + 1, meta["best_score"], meta["cpu_seconds"], meta["wall_seconds"], meta["history"]
     )
@@ -342,7 +346,7 @@ def _checkpoint(run: _Run, progress: _Progress, epoch: int) -> None:
         "history": progress.history,
         "config": config,
     }
-    _save_state(run.out / "state", run.model, run.optimizer, info)
+    save_state(run.out / "state", run.model, run.optimizer, info)
 
 
 def _training_data(cfg: TrainConfig, dataset: str) -> tuple[Dataset, DataLoader]:

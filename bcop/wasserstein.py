@@ -33,7 +33,7 @@ import torch
 
 from bcop.certify import lipschitz_bound
 from bcop.data import load_dataset
-from bcop.models import LipschitzNet, _dense, create_model, parse_model_name
+from bcop.models import LipschitzNet, create_model, dense_layer, parse_model_name
 from bcop.train import train_step
 
 __all__ = [
@@ -217,7 +217,7 @@ def make_critic(name: str, seed: int = 0) -> LipschitzNet:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         critic = create_model(name)
-        critic.logits = _dense(config, critic.logits.in_features, 1)
+        critic.logits = dense_layer(config, critic.logits.in_features, 1)
     return critic
 
 

@@ -20,6 +20,7 @@ from bcop.live import TrainingSnapshot
 from bcop.models import parse_model_name
 from bcop.report import SEARCH_MAX_EPS, ImageAttack, ImageCertificate
 from bcop.spectra import LayerJacobian, LayerSpectrum
+from bcop.wasserstein import EstimateSnapshot
 from demo.inputs import as_image
 
 MODEL_COLORS = {
@@ -344,5 +345,32 @@ def certified_accuracy_figure(
         yaxis={"title": "certified accuracy (%)", "range": [0, 100]},
         height=400,
         legend=LEGEND_BELOW,
+    )
+    return fig
+
+
+def estimates_figure(snapshot: EstimateSnapshot, true_w1: float | None, title: str) -> go.Figure:
+    """Each critic's bound-divided estimate (± one standard error) against steps, and the true W1
+    as a dashed line when known."""
+    fig = go.Figure()
+    for name, history in snapshot.estimates.items():
+        fig.add_trace(
+            go.Scatter(
+                x=snapshot.steps,
+                y=[e.value for e in history],
+                error_y={"type": "data", "array": [e.stderr for e in history], "visible": True},
+                mode="lines+markers",
+                name=name,
+                line={"color": model_color(name)},
+            )
+        )
+    if true_w1 is not None:
+        fig.add_hline(y=true_w1, line_dash="dash", annotation_text=f"true W1 = {true_w1:g}")
+    fig.update_layout(
+        title=title,
+        xaxis={"title": "step", "range": [0, max(1, snapshot.total_steps)]},
+        yaxis={"title": "(E_P f − E_Q f) / L  (held-out samples)", "rangemode": "tozero"},
+        height=420,
+        legend={"orientation": "h", "y": -0.2},
     )
     return fig

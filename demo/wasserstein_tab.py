@@ -13,9 +13,10 @@ import gradio as gr
 import plotly.graph_objects as go
 
 from bcop.models import MODEL_NAMES
-from bcop.wasserstein import PAIRS, EstimateSnapshot, make_pair, train_side_by_side
+from bcop.wasserstein import PAIRS, make_pair, train_side_by_side
+from demo import figures
 
-__all__ = ["LIVE_CRITICS", "create_tab", "estimate_wasserstein", "estimates_figure"]
+__all__ = ["LIVE_CRITICS", "create_tab", "estimate_wasserstein"]
 
 LIVE_CRITICS = tuple(n for n in MODEL_NAMES if n.split("-")[1:3] == ["small", "mnist"])
 DEFAULT_CRITICS = ("bcop-small-mnist", "rko-small-mnist", "ossn-small-mnist", "svcm-small-mnist")
@@ -30,32 +31,6 @@ MIN_BATCH, MAX_BATCH, DEFAULT_BATCH = 8, 64, 64
 MAX_SECONDS, DEFAULT_SECONDS = 120, 60
 PROBE_SIZE = 500  # held-out samples of each distribution per estimate
 REPORTS = 20  # estimates drawn per run
-
-
-def estimates_figure(snapshot: EstimateSnapshot, true_w1: float | None, title: str) -> go.Figure:
-    """Each critic's bound-divided estimate (± one standard error) against steps, and the true W1
-    as a dashed line when known."""
-    fig = go.Figure()
-    for name, history in snapshot.estimates.items():
-        fig.add_trace(
-            go.Scatter(
-                x=snapshot.steps,
-                y=[e.value for e in history],
-                error_y={"type": "data", "array": [e.stderr for e in history], "visible": True},
-                mode="lines+markers",
-                name=name,
-            )
-        )
-    if true_w1 is not None:
-        fig.add_hline(y=true_w1, line_dash="dash", annotation_text=f"true W1 = {true_w1:g}")
-    fig.update_layout(
-        title=title,
-        xaxis={"title": "step", "range": [0, max(1, snapshot.total_steps)]},
-        yaxis={"title": "(E_P f − E_Q f) / L  (held-out samples)", "rangemode": "tozero"},
-        height=420,
-        legend={"orientation": "h", "y": -0.2},
-    )
-    return fig
 
 
 def _checked(
@@ -101,7 +76,7 @@ def estimate_wasserstein(
     for snapshot in runs:
         latest = ", ".join(f"{n} {h[-1].value:.3f}" for n, h in snapshot.estimates.items())
         status = f"step {snapshot.step}/{steps} · {snapshot.seconds:.1f} s · W1 ≥ {latest}"
-        figure = estimates_figure(snapshot, distributions.true_w1, distributions.label)
+        figure = figures.estimates_figure(snapshot, distributions.true_w1, distributions.label)
         if snapshot.seconds > seconds and snapshot.step < steps:
             yield figure, status + f" · stopped at the {seconds:g} s time budget"
             return
