@@ -38,7 +38,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -59,6 +58,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bcop.layers import BCOPConv2d, BjorckLinear, OrthoParams  # noqa: E402
 from bcop.models import create_model  # noqa: E402
 from bcop.orthogonal import conv_singular_values  # noqa: E402
+from benchmarks.common import write_results  # noqa: E402
 
 ORTHO_TOL = 1e-4
 HINGE_MARGIN = 2.12
@@ -700,11 +700,7 @@ def main(argv: list[str] | None = None) -> int:
     results["environment"]["wall_s"] = time.perf_counter() - start
 
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
-    table = markdown(results)
-    out.with_suffix(".md").write_text(table)
-    print(table)
+    write_results(out, results, markdown(results))
     wall = results["environment"]["wall_s"]
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')} in {wall:.0f} s")
 

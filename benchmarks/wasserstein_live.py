@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import os
 import platform
 import sys
@@ -30,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks.common import write_results  # noqa: E402
 from demo.wasserstein_tab import DEFAULT_CRITICS, MAX_SECONDS, estimate_wasserstein  # noqa: E402
 
 
@@ -69,9 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         "ms_per_step_all_critics": 1000 * result["seconds"] / args.steps,
         "target_s": args.target,
     }
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
     markdown = (
         f"# Live Wasserstein run ({record['date']})\n\n"
         f"{', '.join(DEFAULT_CRITICS)} on `{args.pair}`, {args.steps} steps of batch {args.batch_size} "
@@ -80,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         f"| {result['seconds']:.1f} s | {record['ms_per_step_all_critics']:.0f} ms | {result['updates']} "
         f"| {args.target:g} s |\n\nLast status: {result['status']}\n"
     )
-    out.with_suffix(".md").write_text(markdown)
-    print(markdown)
+    write_results(args.out, record, markdown)
     return 0 if args.no_fail or (result["finished"] and result["seconds"] <= args.target) else 1
 
 
