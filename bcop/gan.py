@@ -30,7 +30,7 @@ from torch import nn
 
 from bcop.certify import certify
 from bcop.data import load_dataset
-from bcop.hub import checkpoints_dir, load_model
+from bcop.hub import checkpoints_dir, fetch_folder, load_model
 from bcop.train import load_state, save_state
 
 __all__ = [
@@ -242,15 +242,21 @@ def save_generator(gen: Generator, folder: str | Path, card: str | None = None) 
     return folder
 
 
-def load_generator(folder: str | Path | None = None) -> Generator:
-    """The generator saved in ``folder`` (default: the shipped ``checkpoints/wgan-gp-mnist``), in
-    eval mode.
+def load_generator(name_or_repo_or_path: str | Path = GENERATOR_NAME, **hub_options: Any) -> Generator:
+    """A generator from a folder, a Hub repo id or its name (``"wgan-gp-mnist"``: the Hub repo of
+    :func:`bcop.hub.hub_owner`, else ``checkpoints/wgan-gp-mnist``), found as
+    :func:`bcop.hub.load_model` finds a classifier; in eval mode.
+
+    Args:
+        name_or_repo_or_path: where the generator is.
+        **hub_options: ``revision``, ``cache_dir``, ``token``, ``local_files_only``,
+            ``force_download`` (see :func:`bcop.hub.fetch_folder`).
 
     Raises:
         FileNotFoundError: the folder lacks config.json or model.safetensors.
         ValueError: the folder holds something other than a generator.
     """
-    folder = Path(folder) if folder is not None else checkpoints_dir() / GENERATOR_NAME
+    folder, _ = fetch_folder(name_or_repo_or_path, known=(GENERATOR_NAME,), **hub_options)
     for name in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / name).is_file():
             raise FileNotFoundError(
@@ -258,8 +264,9 @@ def load_generator(folder: str | Path | None = None) -> Generator:
                 "`python -m bcop.gan train` then `python -m bcop.gan export`"
             )
     config = json.loads((folder / CONFIG_FILE).read_text())
-    if config.get("kind") != GENERATOR_KIND:
-        raise ValueError(f"{folder} holds a {config.get('kind', 'classifier')}, not a generator")
+    if not isinstance(config, dict) or config.get("kind") != GENERATOR_KIND:
+        kind = config.get("kind", "classifier") if isinstance(config, dict) else "not a JSON object"
+        raise ValueError(f"{folder / CONFIG_FILE} describes a {kind}, not a generator")
     fields = {f.name for f in dataclasses.fields(GeneratorConfig)}
     gen = Generator(GeneratorConfig(**{k: v for k, v in config.items() if k in fields}))
     gen.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))

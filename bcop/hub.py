@@ -35,6 +35,7 @@ import os
 import re
 import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,7 @@ __all__ = [
     "local_checkpoints",
     "save_model",
     "load_model",
+    "fetch_folder",
     "load_folder",
     "push_to_hub",
 ]
@@ -332,17 +334,56 @@ def _download(repo_id: str, revision: str | None, **options: Any) -> Path:
     return weights.parent
 
 
-def _split_target(target: str, hub_namespace: str | None) -> tuple[str | None, str]:
-    """``(repo_id or None, name)`` for a repo id or a registry name."""
+def _split_target(target: str, hub_namespace: str | None, known: Sequence[str]) -> tuple[str | None, str]:
+    """``(repo_id or None, name)`` for a repo id or a name in ``known``."""
     if "/" in target:
         return target, target.rsplit("/", 1)[-1]
-    if target not in MODEL_NAMES:
+    if target not in known:
         raise ValueError(
-            f"{target!r} is not a folder, a Hub repo id or a model name; known names: "
-            f"{', '.join(MODEL_NAMES)}"
+            f"{target!r} is not a folder, a Hub repo id or a model name; known names: {', '.join(known)}"
         )
     owner = hub_owner() if hub_namespace is None else hub_namespace
     return (f"{owner}/{target}" if owner else None), target
+
+
+def fetch_folder(
+    name_or_repo_or_path: str | Path,
+    *,
+    known: Sequence[str] = MODEL_NAMES,
+    revision: str | None = None,
+    cache_dir: str | Path | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+    force_download: bool = False,
+    hub_namespace: str | None = None,
+) -> tuple[Path, str | None]:
+    """The model folder a folder path, a Hub repo id or a name in ``known`` stands for, and the
+    repo id it was downloaded from (None for a local folder). Every kind of model (classifiers,
+    the generator) is found the same way; see :func:`load_model` for the arguments and the
+    fallback to ``checkpoints/``.
+    """
+    if local_files_only and force_download:
+        raise ValueError("local_files_only and force_download exclude each other: choose one")
+    target = str(name_or_repo_or_path)
+    if Path(target).is_dir():
+        return Path(target), None
+    if isinstance(name_or_repo_or_path, Path) or target.startswith((".", "/", "~")) or target.count("/") > 1:
+        raise FileNotFoundError(f"no model folder at {target}")
+    repo_id, name = _split_target(target, hub_namespace, known)
+    local = checkpoints_dir() / name
+    has_local = (local / CONFIG_FILE).is_file()
+    stands_in = has_local and revision is None  # a pinned revision is never replaced by another copy
+    if repo_id is not None and not (repo_id in _fell_back and stands_in):
+        options = {"cache_dir": cache_dir, "token": token, "force_download": force_download}
+        folder = _download_or_explain(repo_id, revision, local_files_only, stands_in, options)
+        if folder is not None:
+            return folder, repo_id
+    elif not has_local:
+        raise ValueError(
+            f"no pretrained weights for {name!r} in {checkpoints_dir()} (available: {_available()}); "
+            "train one with `python -m bcop.train NAME` or pass a Hub repo id"
+        )
+    return local, None
 
 
 def load_model(
@@ -380,35 +421,24 @@ def load_model(
         RuntimeError: the Hub repo could not be downloaded and there is no local copy; the
             message names the repo and the cause.
     """
-    if local_files_only and force_download:
-        raise ValueError("local_files_only and force_download exclude each other: choose one")
-    target = str(name_or_repo_or_path)
-    if Path(target).is_dir():
-        model, card = load_folder(target)
-        return LoadedModel(model, "local", Path(target), None, card)
-    if isinstance(name_or_repo_or_path, Path) or target.startswith((".", "/", "~")) or target.count("/") > 1:
-        raise FileNotFoundError(f"no model folder at {target}")
-    repo_id, name = _split_target(target, hub_namespace)
-    expected = name if name in MODEL_NAMES else None
-    local = checkpoints_dir() / name
-    has_local = (local / CONFIG_FILE).is_file()
-    stands_in = has_local and revision is None  # a pinned revision is never replaced by another copy
-    if repo_id is not None and not (repo_id in _fell_back and stands_in):
-        options = {"cache_dir": cache_dir, "token": token, "force_download": force_download}
-        folder = _download_or_explain(repo_id, revision, local_files_only, stands_in, options)
-        if folder is not None:
-            try:
-                model, card = load_folder(folder, expected)
-            except ValueError as err:
-                raise ValueError(f"the model downloaded from {repo_id} does not load: {err}") from err
-            return LoadedModel(model, "hub", folder, repo_id, card)
-    elif not has_local:
-        raise ValueError(
-            f"no pretrained weights for {name!r} in {checkpoints_dir()} (available: {_available()}); "
-            "train one with `python -m bcop.train NAME` or pass a Hub repo id"
-        )
-    model, card = load_folder(local, expected)
-    return LoadedModel(model, "local", local, None, card)
+    folder, repo_id = fetch_folder(
+        name_or_repo_or_path,
+        revision=revision,
+        cache_dir=cache_dir,
+        token=token,
+        local_files_only=local_files_only,
+        force_download=force_download,
+        hub_namespace=hub_namespace,
+    )
+    name = str(name_or_repo_or_path).rsplit("/", 1)[-1]
+    asked_by_name = not Path(str(name_or_repo_or_path)).is_dir() and name in MODEL_NAMES
+    try:
+        model, card = load_folder(folder, name if asked_by_name else None)
+    except ValueError as err:
+        if repo_id is None:
+            raise
+        raise ValueError(f"the model downloaded from {repo_id} does not load: {err}") from err
+    return LoadedModel(model, "local" if repo_id is None else "hub", folder, repo_id, card)
 
 
 def _available() -> str:

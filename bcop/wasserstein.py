@@ -127,7 +127,7 @@ def _bump(norm: float) -> torch.Tensor:
 def _real_vs_generator(generator_folder: str | None) -> Pair:
     from bcop.gan import load_generator
 
-    gen = load_generator(generator_folder)
+    gen = load_generator() if generator_folder is None else load_generator(generator_folder)
 
     def sampler(role: str, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         return _draw(_mnist(ROLE_SPLITS[role])[0], n, g), gen.sample(n, g)

@@ -190,8 +190,31 @@ def test_generator_round_trips_and_a_classifier_folder_is_refused(tmp_path) -> N
     save_model(create_model("bcop-small-mnist"), tmp_path / "clf")
     with pytest.raises(ValueError, match="not a generator"):
         load_generator(tmp_path / "clf")
-    with pytest.raises(FileNotFoundError, match="bcop.gan train"):
+    with pytest.raises(FileNotFoundError, match="no model folder"):
         load_generator(tmp_path / "missing")
+
+
+def test_the_generator_loads_from_a_hub_repo_like_the_classifiers(tmp_path, monkeypatch) -> None:
+    import huggingface_hub.constants
+
+    import bcop.hub
+    from tests.fakehub import FakeHub, point_client_at
+
+    shipped = checkpoints_dir() / GENERATOR_NAME
+    server = FakeHub()
+    files = {p.name: p.read_bytes() for p in shipped.iterdir() if p.is_file()}
+    server.repos[f"someone/{GENERATOR_NAME}"] = files
+    try:
+        point_client_at(monkeypatch, server.endpoint)
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setattr(bcop.hub, "_reachable", {})
+        monkeypatch.setenv("BCOP_HUB_REPO", "someone")
+        from_hub, local = load_generator(), load_generator(shipped)
+        z = torch.randn(2, from_hub.config.latent_dim)
+        assert torch.equal(from_hub(z), local(z))
+        assert any(f"/someone/{GENERATOR_NAME}/" in r for r in server.requests)
+    finally:
+        server.close()
 
 
 def test_gradient_penalty_vanishes_for_a_unit_norm_linear_critic() -> None:
