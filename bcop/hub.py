@@ -351,17 +351,16 @@ def fetch_folder(
     *,
     known: Sequence[str] = MODEL_NAMES,
     revision: str | None = None,
-    cache_dir: str | Path | None = None,
-    token: str | bool | None = None,
     local_files_only: bool = False,
-    force_download: bool = False,
     hub_namespace: str | None = None,
+    **download: Any,
 ) -> tuple[Path, str | None]:
     """The model folder a folder path, a Hub repo id or a name in ``known`` stands for, and the
     repo id it was downloaded from (None for a local folder). Every kind of model (classifiers,
-    the generator) is found the same way; see :func:`load_model` for the arguments and the
-    fallback to ``checkpoints/``.
+    the generator) is found the same way; see :func:`load_model` for the arguments (``download``:
+    ``cache_dir``, ``token``, ``force_download``) and the fallback to ``checkpoints/``.
     """
+    force_download = download.get("force_download", False)
     if local_files_only and force_download:
         raise ValueError("local_files_only and force_download exclude each other: choose one")
     target = str(name_or_repo_or_path)
@@ -374,7 +373,7 @@ def fetch_folder(
     has_local = (local / CONFIG_FILE).is_file()
     stands_in = has_local and revision is None  # a pinned revision is never replaced by another copy
     if repo_id is not None and not (repo_id in _fell_back and stands_in):
-        options = {"cache_dir": cache_dir, "token": token, "force_download": force_download}
+        options = {"cache_dir": None, "token": None, "force_download": False, **download}
         folder = _download_or_explain(repo_id, revision, local_files_only, stands_in, options)
         if folder is not None:
             return folder, repo_id

@@ -38,17 +38,7 @@ from gradio_client import Client, handle_file
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import (  # noqa: E402
-    EXAMPLE,
-    HOST,
-    MODELS,
-    ROOT,
-    free_port,
-    prepare_checkpoints,
-    start_app,
-    stop_app,
-    write_results,
-)
+from benchmarks import common  # noqa: E402
 
 MIX = (("certify", 0.60), ("gradient_norms", 0.25), ("preprocess", 0.10), ("attack", 0.05))
 
@@ -71,15 +61,15 @@ def peak_memory_mb(pid: int) -> float | None:
 
 
 def request(client: Client, endpoint: str) -> None:
-    image = handle_file(str(EXAMPLE))
+    image = handle_file(str(common.EXAMPLE))
     if endpoint == "certify":
-        client.predict(None, image, MODELS, api_name="/certify")
+        client.predict(None, image, common.MODELS, api_name="/certify")
     elif endpoint == "gradient_norms":
-        client.predict(None, image, MODELS, api_name="/gradient_norms")
+        client.predict(None, image, common.MODELS, api_name="/gradient_norms")
     elif endpoint == "preprocess":
         client.predict(None, image, api_name="/preprocess")
     else:
-        client.predict(None, image, MODELS[:1], 1.58, api_name="/attack")
+        client.predict(None, image, common.MODELS[:1], 1.58, api_name="/attack")
 
 
 def user(url: str, deadline: float, seed: int, samples: list[Sample], lock: threading.Lock) -> None:
@@ -143,7 +133,7 @@ def markdown(results: dict[str, Any]) -> str:
         "# Load test",
         "",
         f"{results['clients']} concurrent gradio_client users for {results['duration_s']} s "
-        f"(wall {results['wall_s']:.1f} s) against `python app.py` on {HOST}; "
+        f"(wall {results['wall_s']:.1f} s) against `python app.py` on {common.HOST}; "
         f"{results['machine']['cpus']} CPUs, load average at start {results['machine']['load_average']}; "
         f"server peak memory {results['server_peak_memory_mb'] or 0:.0f} MB; {results['date']}.",
         "",
@@ -162,19 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--duration", type=float, default=60.0, help="seconds of sending requests")
     parser.add_argument(
-        "--checkpoints", type=Path, default=Path(os.environ.get("BCOP_CHECKPOINTS", ROOT / "checkpoints"))
+        "--checkpoints",
+        type=Path,
+        default=Path(os.environ.get("BCOP_CHECKPOINTS", common.ROOT / "checkpoints")),
     )
-    parser.add_argument("--out", default=str(ROOT / "results" / "load_test"))
+    parser.add_argument("--out", default=str(common.ROOT / "results" / "load_test"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="bcop-load-test-"))
-    port = free_port()
+    port = common.free_port()
     load = [round(v, 2) for v in os.getloadavg()]
     process = None
     try:
-        checkpoints, fresh = prepare_checkpoints(args.checkpoints, workdir)
-        process, _ = start_app(checkpoints, port)
-        url = f"http://{HOST}:{port}/"
+        checkpoints, fresh = common.prepare_checkpoints(args.checkpoints, workdir)
+        process, _ = common.start_app(checkpoints, port)
+        url = f"http://{common.HOST}:{port}/"
         samples: list[Sample] = []
         lock = threading.Lock()
         start = time.perf_counter()
@@ -191,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         memory = peak_memory_mb(process.pid)
     finally:
         if process is not None:
-            stop_app(process)
+            common.stop_app(process)
         shutil.rmtree(workdir, ignore_errors=True)
     results = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -200,12 +192,12 @@ def main(argv: list[str] | None = None) -> int:
         "duration_s": args.duration,
         "wall_s": wall,
         "mix": dict(MIX),
-        "models": MODELS,
+        "models": common.MODELS,
         "fresh_models": fresh,
         "server_peak_memory_mb": memory,
         "summary": summarise(samples, wall),
     }
-    write_results(args.out, results, markdown(results))
+    common.write_results(args.out, results, markdown(results))
     return 1 if results["summary"]["overall"]["errors"] else 0
 
 
