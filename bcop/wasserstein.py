@@ -639,23 +639,43 @@ def _write_doc(results: dict[str, Any], doc_path: Path) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bcop.wasserstein", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    table = sub.add_parser("table", help="compare critics on pairs of distributions")
+    table = sub.add_parser(
+        "table",
+        help="compare critics on pairs of distributions",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,  # every help line ends with its default
+    )
     defaults = TableConfig()
-    table.add_argument("--critics", nargs="+", default=list(defaults.critics))
-    table.add_argument("--pairs", nargs="+", default=list(defaults.pairs), choices=PAIRS)
-    table.add_argument("--steps", type=int, default=defaults.steps)
-    table.add_argument("--lrs", nargs="+", type=float, default=list(defaults.lrs))
-    table.add_argument("--seeds", nargs="+", type=int, default=list(defaults.seeds))
-    table.add_argument("--batch-size", type=int, default=defaults.batch_size)
-    table.add_argument("--n-select", type=int, default=defaults.n_select)
-    table.add_argument("--n-report", type=int, default=defaults.n_report)
+    table.add_argument(
+        "--critics", nargs="+", default=list(defaults.critics), help="registry names of Small critics"
+    )
+    table.add_argument(
+        "--pairs", nargs="+", default=list(defaults.pairs), choices=PAIRS, help="pairs to compare"
+    )
+    table.add_argument("--steps", type=int, default=defaults.steps, help="RMSprop steps per critic")
+    table.add_argument(
+        "--lrs", nargs="+", type=float, default=list(defaults.lrs), help="learning rates to choose from"
+    )
+    table.add_argument(
+        "--seeds", nargs="+", type=int, default=list(defaults.seeds), help="seeds reported per critic"
+    )
+    table.add_argument(
+        "--batch-size", type=int, default=defaults.batch_size, help="samples of P and of Q per step"
+    )
+    table.add_argument(
+        "--n-select", type=int, default=defaults.n_select, help="samples choosing the learning rate"
+    )
+    table.add_argument(
+        "--n-report", type=int, default=defaults.n_report, help="samples the estimate is reported on"
+    )
     table.add_argument("--classes", nargs=2, type=int, default=[3, 5], help="digits of class-vs-class")
     table.add_argument("--delta-norm", type=float, default=2.0, help="‖δ‖₂ of the translated pair")
     table.add_argument("--distance", type=float, default=3.0, help="‖μa - μb‖₂ of the Gaussians")
     table.add_argument("--sigma", type=float, default=0.5, help="standard deviation of the Gaussians")
-    table.add_argument("--generator", default=None, help="generator folder (default: the shipped one)")
-    table.add_argument("--results", default="docs/wasserstein_results.json")
-    table.add_argument("--doc", default="docs/wasserstein.md")
+    table.add_argument(
+        "--generator", default=None, help="generator: folder, Hub repo id or name (None: wgan-gp-mnist)"
+    )
+    table.add_argument("--results", default="docs/wasserstein_results.json", help="results file written")
+    table.add_argument("--doc", default="docs/wasserstein.md", help='markdown page written ("": none)')
     return parser
 
 
