@@ -580,7 +580,15 @@ def targets(results: dict) -> dict:
     }
 
 
-def markdown(results: dict) -> str:
+TRAINING_LABELS = {
+    "polar": "ours, polar",
+    "bjorck": "ours, Björck 20",
+    "reference": "reference (dense Björck on larger Gram)",
+    "reference_lconvnet_dense": "reference, dense as LConvNet (smaller Gram)",
+}
+
+
+def _markdown_layers(results: dict) -> list[str]:
     env = results["environment"]
     lines = [
         "# BCOP layer and network benchmarks",
@@ -605,13 +613,11 @@ def markdown(results: dict) -> str:
             f"| {r['polar']['ortho_error']:.1e} / {r['bjorck']['ortho_error']:.1e} / "
             f"{r['reference']['ortho_error']:.1e} |"
         )
-    labels = {
-        "polar": "ours, polar",
-        "bjorck": "ours, Björck 20",
-        "reference": "reference (dense Björck on larger Gram)",
-        "reference_lconvnet_dense": "reference, dense as LConvNet (smaller Gram)",
-    }
-    lines += [
+    return lines
+
+
+def _markdown_training(results: dict) -> list[str]:
+    lines = [
         "",
         f"## 2. Large-MNIST training step (batch {TRAIN_BATCH}, Adam, hinge loss)",
         "",
@@ -621,11 +627,14 @@ def markdown(results: dict) -> str:
     for name, r in results["training"].items():
         speedup = f"{r['speedup_vs_reference']:.1f}x" if "speedup_vs_reference" in r else "1.0x"
         lines.append(
-            f"| {labels[name]} | {r['s_per_step']:.3f} | {speedup} | {r['ortho_error']:.1e} "
+            f"| {TRAINING_LABELS[name]} | {r['s_per_step']:.3f} | {speedup} | {r['ortho_error']:.1e} "
             f"| {r['max_logit_diff_vs_polar']:.1e} |"
         )
-    prof = results["profile"]
-    lines += [
+    return lines
+
+
+def _markdown_profile(prof: dict) -> list[str]:
+    lines = [
         "",
         f"## 3. Where a bcop-large-mnist training step goes ({prof['step_ms']:.1f} ms per step)",
         "",
@@ -649,7 +658,11 @@ def markdown(results: dict) -> str:
         f"| `{o['op']}` | {o['self_ms']:.2f} | {o['calls']} | {100 * o['share']:.0f}% |"
         for o in prof["top_ops"]
     ]
-    lines += [
+    return lines
+
+
+def _markdown_inference_and_targets(results: dict) -> list[str]:
+    lines = [
         "",
         "## 4. Inference with cached kernels (eval, no_grad) vs plain-large-mnist-maxmin",
         "",
@@ -673,6 +686,13 @@ def markdown(results: dict) -> str:
     ]
     for name, t in results["targets"].items():
         lines.append(f"| {name} | {t['target']} | {t['achieved']:.2f} | {'yes' if t['met'] else 'no'} |")
+    return lines
+
+
+def markdown(results: dict) -> str:
+    """The results as the Markdown report: layers, training step, profile, inference, targets."""
+    lines = _markdown_layers(results) + _markdown_training(results)
+    lines += _markdown_profile(results["profile"]) + _markdown_inference_and_targets(results)
     return "\n".join(lines) + "\n"
 
 
