@@ -73,7 +73,9 @@ class ServedModel:
             try:
                 from huggingface_hub import hf_hub_download
 
-                folder = Path(hf_hub_download(self.loaded.repo_id, EVAL_RESULTS_FILE)).parent
+                # the snapshot folder is named by the commit the model was read from
+                commit = folder.name
+                folder = Path(hf_hub_download(self.loaded.repo_id, EVAL_RESULTS_FILE, revision=commit)).parent
             except Exception:  # no such file in the repo, or the Hub went away: not evaluated
                 return None
         return read_results(folder)
