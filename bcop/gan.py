@@ -25,13 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from bcop.certify import certify
 from bcop.data import load_dataset
-from bcop.hub import checkpoints_dir, fetch_folder, load_model
-from bcop.train import load_state, save_state
+from bcop.hub import checkpoints_dir, fetch_folder, load_model, save_folder
+from bcop.train import changed_options, load_state, save_state
 
 __all__ = [
     "GENERATOR_NAME",
@@ -157,12 +157,10 @@ def _adam(model: nn.Module, cfg: GanConfig) -> torch.optim.Adam:
 
 def _check_resumable(state: Path, cfg: GanConfig) -> None:
     previous = json.loads((state / "generator" / "state.json").read_text())["config"]
-    changed = [
-        k for k, v in dataclasses.asdict(cfg).items() if k not in ("steps", "out") and previous[k] != v
-    ]
+    changed = changed_options(previous, dataclasses.asdict(cfg), ("steps", "out"))
     if changed:
         raise ValueError(
-            f"{state} was trained with other options ({', '.join(changed)}): continue it with the original "
+            f"{state} was trained with other options ({'; '.join(changed)}): continue it with the original "
             "ones (only --steps may change) or use another --out"
         )
 
@@ -224,8 +222,6 @@ def train_gan(cfg: GanConfig, log_every: int = 50) -> dict[str, Any]:
 
 def save_generator(gen: Generator, folder: str | Path, card: str | None = None) -> Path:
     """Write ``config.json`` (``"kind": "generator"``), ``model.safetensors`` and the card."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     config = {
         "kind": GENERATOR_KIND,
         "schema_version": SCHEMA_VERSION,
@@ -234,12 +230,7 @@ def save_generator(gen: Generator, folder: str | Path, card: str | None = None) 
         "output_shape": [1, 28, 28],
         **dataclasses.asdict(gen.config),
     }
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    state = {k: v.detach().contiguous().cpu() for k, v in gen.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "model_name": GENERATOR_NAME})
-    if card is not None:
-        (folder / CARD_FILE).write_text(card)
-    return folder
+    return save_folder(folder, config, gen, card)
 
 
 def load_generator(name_or_repo_or_path: str | Path = GENERATOR_NAME, **hub_options: Any) -> Generator:

@@ -59,6 +59,7 @@ __all__ = [
     "hub_reachable",
     "checkpoints_dir",
     "local_checkpoints",
+    "save_folder",
     "save_model",
     "load_model",
     "fetch_folder",
@@ -189,6 +190,23 @@ def local_checkpoints() -> list[str]:
     return sorted(p.name for p in root.iterdir() if (p / CONFIG_FILE).is_file())
 
 
+def save_folder(
+    folder: str | Path, config: dict[str, Any], module: torch.nn.Module, card: str | None = None
+) -> Path:
+    """Write any kind of model in Hub layout: ``config.json`` (``config``, which names the model
+    in ``model_name``), ``model.safetensors`` (the state dict, named in its metadata too) and,
+    when given, the card as ``README.md``. Returns the folder (created if needed)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
+    state = {k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}
+    metadata = {"format": "pt", "model_name": config["model_name"]}
+    save_file(state, str(folder / WEIGHTS_FILE), metadata=metadata)
+    if card is not None:
+        (folder / CARD_FILE).write_text(card)
+    return folder
+
+
 def save_model(model: LipschitzNet, folder: str | Path, card: str | None = None) -> Path:
     """Write ``config.json``, ``model.safetensors`` and (optionally) the model card.
 
@@ -200,15 +218,8 @@ def save_model(model: LipschitzNet, folder: str | Path, card: str | None = None)
     Returns:
         The folder.
     """
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     config = {**model.config.to_dict(), "model_name": model.config.name, "library_name": LIBRARY_NAME}
-    (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": "pt", "model_name": model.config.name})
-    if card is not None:
-        (folder / CARD_FILE).write_text(card)
-    return folder
+    return save_folder(folder, config, model, card)
 
 
 def load_folder(folder: str | Path, expected_name: str | None = None) -> tuple[LipschitzNet, str]:

@@ -27,7 +27,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,7 @@ __all__ = [
     "make_loss",
     "train_step",
     "save_state",
+    "changed_options",
     "load_state",
     "exponential_lr",
     "svcm_after_step",
@@ -205,17 +206,24 @@ def load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer)
 RESUME_MAY_CHANGE = frozenset({"epochs", "out", "data_root"})
 
 
+def changed_options(
+    previous: dict[str, Any], current: dict[str, Any], may_change: Collection[str]
+) -> list[str]:
+    """The options a resumed run would change, ``"--name old (was) != new (now)"`` each: every
+    setting but ``may_change`` fixes what the steps so far were trained with."""
+    return [
+        f"--{name.replace('_', '-')} {previous[name]} (was) != {current[name]} (now)"
+        for name in current
+        if name not in may_change and name in previous and previous[name] != current[name]
+    ]
+
+
 def _check_resumable(folder: Path, cfg: TrainConfig) -> None:
     """Refuse to continue a run under a different model or recipe (raises ValueError)."""
     previous = json.loads((folder / "state.json").read_text())["config"]
     if previous["model"] != cfg.model:
         raise ValueError(f"{folder} holds a run of {previous['model']}, not {cfg.model}: use another --out")
-    current = dataclasses.asdict(cfg)
-    changed = [
-        f"--{name.replace('_', '-')} {previous[name]} (was) != {current[name]} (now)"
-        for name in current
-        if name not in RESUME_MAY_CHANGE and name in previous and previous[name] != current[name]
-    ]
+    changed = changed_options(previous, dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
     if changed:
         raise ValueError(
             f"{folder} was trained with another recipe: {'; '.join(changed)}. Continue it with the "
