@@ -10,6 +10,9 @@ Everything here is a function of tensors: no modules, no state.
   (Sedghi, Gupta and Long, 2019).
 * :func:`power_iteration` -- operator norm of any linear map given as a function.
 * :func:`compose_kernels` -- the kernel of one convolution applied after another.
+* :func:`circular_pad`, :func:`conv2d_same` -- the stride-1, same-size convolution every layer uses.
+* :func:`bcop_kernel` -- BCOP's orthogonal kernel from orthogonal matrices (Li et al. 2019).
+* :func:`svcm_project` -- singular value clipping and masking of a kernel (Sedghi et al. 2019).
 """
 
 from __future__ import annotations
@@ -30,6 +33,11 @@ __all__ = [
     "conv_spectral_norm",
     "power_iteration",
     "compose_kernels",
+    "as_pair",
+    "circular_pad",
+    "conv2d_same",
+    "bcop_kernel",
+    "svcm_project",
 ]
 
 ORTHO_METHODS = ("polar", "bjorck")
@@ -346,3 +354,134 @@ def compose_kernels(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     as_input = first.transpose(0, 1)  # (in, mid, ah, aw): batch = input channel
     out = F.conv2d(as_input, second.flip(-2, -1), padding=(bh - 1, bw - 1))
     return out.transpose(0, 1)
+
+
+def circular_pad(x: torch.Tensor, pad: Sequence[int]) -> torch.Tensor:
+    """``F.pad(x, pad, mode="circular")`` for 4-D ``x``, built from slices and ``torch.cat``.
+
+    Same values, but forward and backward are cheaper on CPU than the generic circular pad
+    (which dominates a small convolution's time). Pads wider than the input fall back to
+    ``F.pad`` and its error.
+
+    Args:
+        x: (N, C, H, W).
+        pad: (left, right, top, bottom), each >= 0.
+
+    Returns:
+        (N, C, H + top + bottom, W + left + right).
+    """
+    left, right, top, bottom = pad
+    h, w = x.shape[-2:]
+    if max(left, right) > w or max(top, bottom) > h:
+        return F.pad(x, tuple(pad), mode="circular")
+    if left or right:
+        x = torch.cat([x[..., w - left :], x, x[..., :right]], dim=-1)
+    if top or bottom:
+        x = torch.cat([x[..., h - top :, :], x, x[..., :bottom, :]], dim=-2)
+    return x
+
+
+def as_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """``n`` -> ``(n, n)``; ``(h, w)`` -> ``(h, w)`` as ints."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def conv2d_same(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, padding_mode: str = "circular"
+) -> torch.Tensor:
+    """Stride-1 convolution whose output has the input's size, as every layer here computes it.
+
+    The ``k - 1`` padding rows/columns go ``(k - 1) // 2`` before and the rest after (PyTorch's
+    ``padding="same"`` convention, so even kernels pad one more after than before).
+
+    Args:
+        x: (N, C_in, H, W).
+        weight: (C_out, C_in, k, k).
+        padding_mode: ``"circular"`` or ``"zeros"``.
+
+    Returns:
+        (N, C_out, H, W).
+    """
+    kh, kw = weight.shape[-2:]
+    pad = ((kw - 1) // 2, kw // 2, (kh - 1) // 2, kh // 2)
+    padded = circular_pad(x, pad) if padding_mode == "circular" else F.pad(x, pad)
+    return F.conv2d(padded, weight, bias)
+
+
+def bcop_kernel(
+    ortho: torch.Tensor,
+    projectors: torch.Tensor | None,
+    kernel_size: int,
+    out_channels: int,
+    in_channels: int,
+) -> torch.Tensor:
+    """Build an orthogonal convolution kernel from orthogonal matrices (BCOP, Li et al. 2019).
+
+    The kernel is ``H`` (a 1x1 orthogonal convolution) followed by ``k - 1`` 2x2 block
+    convolutions, each the composition of a 1x2 kernel ``[P, I - P]`` along the width and a 2x1
+    kernel ``[Q; I - Q]`` along the height, with ``P`` and ``Q`` symmetric projectors. Each
+    factor is an orthogonal operator under circular padding, so their composition is too.
+
+    Args:
+        ortho: (c, c) orthogonal matrix ``H``, c = max(in_channels, out_channels).
+        projectors: (2 * (k - 1), c, r) matrices with orthonormal columns; ``P = U U^T``. The
+            first k - 1 are the width projectors, the rest the height projectors. None (or r = 0)
+            means zero projectors.
+        kernel_size: k.
+        out_channels, in_channels: the returned kernel is the top-left block.
+
+    Returns:
+        (out_channels, in_channels, k, k) kernel.
+    """
+    c = ortho.shape[-1]
+    if kernel_size == 1:
+        return ortho[:out_channels, :in_channels, None, None]
+    eye = torch.eye(c, dtype=ortho.dtype, device=ortho.device)
+    if projectors is None:
+        proj = ortho.new_zeros(2 * (kernel_size - 1), c, c)
+    else:
+        proj = projectors @ projectors.mT
+    width, height = proj[: kernel_size - 1], proj[kernel_size - 1 :]
+    # block[t][:, :, a, b] = Q_t^(a) P_t^(b) with Q^(0) = Q, Q^(1) = I - Q (likewise P): the 1x2
+    # kernel, then the 2x1 kernel. All four products follow from the single product QP.
+    qp = height @ width
+    taps = (qp, height - qp, width - qp, eye - height - width + qp)
+    blocks = torch.stack(taps, dim=-1).unflatten(-1, (2, 2))  # (k-1, c, c, 2, 2)
+    # H is a 1x1 kernel: composing the first block with it is a product per tap.
+    kernel = torch.einsum("mpab,pq->mqab", blocks[0], ortho)
+    for block in blocks[1:]:
+        kernel = compose_kernels(kernel, block)
+    return kernel[:out_channels, :in_channels]
+
+
+def svcm_project(kernel: torch.Tensor, input_size: int | Sequence[int], max_sv: float = 1.0) -> torch.Tensor:
+    """Singular value clipping and masking (Sedghi, Gupta and Long, 2019).
+
+    Clip every singular value of the circular-convolution operator on ``input_size`` to
+    ``max_sv`` (exact, in the Fourier domain), then mask the result back to the k x k support.
+    The masking step can push singular values above ``max_sv`` again, which is why the layer's
+    bound is always measured, never assumed.
+
+    Args:
+        kernel: (out, in, k, k).
+        input_size: n or (h, w) of the layer's input.
+        max_sv: the clipping level.
+
+    Returns:
+        (out, in, k, k) projected kernel.
+    """
+    h, w = as_pair(input_size)
+    kh, kw = kernel.shape[-2:]
+    if kh > h or kw > w:
+        raise ValueError(f"kernel {kh}x{kw} is larger than the input size {h}x{w}")
+    transfer = torch.fft.fft2(kernel, s=(h, w)).permute(2, 3, 0, 1)  # (h, w, out, in)
+    wide = transfer.shape[-2] <= transfer.shape[-1]
+    m = transfer if wide else transfer.mH
+    # M = U S V^H; with the Gram matrix M M^H = U S^2 U^H on the smaller side (an eigh, cheaper
+    # than an SVD), clipping is M <- U min(1, max_sv / S) U^H M.
+    evals, evecs = torch.linalg.eigh(m @ m.mH)
+    scale = (max_sv / evals.clamp_min(0).sqrt().clamp_min(1e-30)).clamp(max=1.0)
+    m = evecs @ (scale.to(evecs.dtype).unsqueeze(-1) * (evecs.mH @ m))
+    clipped = m if wide else m.mH
+    spatial = torch.fft.ifft2(clipped.permute(2, 3, 0, 1)).real
+    return spatial[..., :kh, :kw].contiguous()

@@ -26,8 +26,13 @@ from bcop.layers import (
     SVCMConv2d,
     frozen_weights,
 )
-from bcop.layers.conv import circular_pad, svcm_project
-from bcop.orthogonal import conv_singular_values, conv_spectral_norm, power_iteration
+from bcop.orthogonal import (
+    circular_pad,
+    conv_singular_values,
+    conv_spectral_norm,
+    power_iteration,
+    svcm_project,
+)
 
 F32_TOL = 1e-4
 F64_TOL = 1e-8

@@ -9,8 +9,6 @@ from bcop.layers.conv import (
     PlainConv2d,
     RKOConv2d,
     SVCMConv2d,
-    bcop_kernel,
-    svcm_project,
 )
 from bcop.layers.downsample import InvertibleDownsample
 from bcop.layers.linear import BjorckLinear, LipschitzLinear, Orthonormal
@@ -21,6 +19,7 @@ from bcop.layers.parametrization import (
     OrthoParams,
     frozen_weights,
 )
+from bcop.orthogonal import bcop_kernel, svcm_project
 
 __all__ = [
     "KERNEL_SIZES",
