@@ -24,8 +24,11 @@ from bcop.data import DATASET_SHAPES, NUM_CLASSES
 from bcop.layers import (
     PAPER_BJORCK,
     POLAR,
+    AOCConv2d,
+    AOLConv2d,
     BCOPConv2d,
     BjorckLinear,
+    CayleyConv2d,
     InvertibleDownsample,
     LipschitzConv2d,
     LipschitzLinear,
@@ -34,6 +37,8 @@ from bcop.layers import (
     OSSNConv2d,
     PlainConv2d,
     RKOConv2d,
+    SLLConv2d,
+    SOCConv2d,
     SVCMConv2d,
 )
 
@@ -56,7 +61,13 @@ __all__ = [
 ]
 
 ARCHS = ("small", "large", "fc")
-CONVS = ("bcop", "rko", "ossn", "svcm", "plain")
+# The later families (docs/successors.md: how each fits these architectures).
+SUCCESSORS = ("cayley", "soc", "aol", "sll", "aoc")
+# Families whose convolution contains its own activation: no activation layer after it.
+OWN_ACTIVATION = ("sll",)
+# Families whose convolutions take the stride themselves (no invertible downsampling before).
+NATIVE_STRIDE = ("aoc",)
+CONVS = ("bcop", "rko", "ossn", "svcm", "plain", *SUCCESSORS)
 FC_LAYERS = ("bjorck", "plain")
 ACTIVATIONS = ("maxmin", "relu")
 DATASETS = tuple(DATASET_SHAPES)
@@ -78,8 +89,9 @@ class ModelConfig:
 
     Attributes:
         arch: ``"small"``, ``"large"`` or ``"fc"``.
-        conv: convolution type (``bcop``, ``rko``, ``ossn``, ``svcm``, ``plain``); for ``fc``
-            the dense type (``bjorck`` or ``plain``).
+        conv: convolution type (``bcop``, ``rko``, ``ossn``, ``svcm``, ``plain``, or a later
+            family: ``cayley``, ``soc``, ``aol``, ``sll``, ``aoc``); for ``fc`` the dense type
+            (``bjorck`` or ``plain``).
         dataset: ``"mnist"`` or ``"cifar10"`` (fixes the input shape).
         activation: ``"maxmin"`` or ``"relu"``; default maxmin, relu for plain networks.
         ortho: how every orthonormalised weight is computed (BCOP, RKO and Björck layers).
@@ -225,7 +237,12 @@ def parse_model_name(name: str) -> ModelConfig:
     return ModelConfig(arch=arch, conv=conv, dataset=dataset, activation=activation)
 
 
-def _conv(config: ModelConfig, cin: int, cout: int, k: int, size: int) -> LipschitzConv2d:
+def _conv(config: ModelConfig, cin: int, cout: int, k: int, size: int, stride: int = 1) -> LipschitzConv2d:
+    """The convolution of ``config``'s family, ``cin`` -> ``cout`` channels on ``size`` x ``size``
+    inputs (stride > 1: AOC's own strided convolution)."""
+    successor = _successor_conv(config, cin, cout, k, size, stride)
+    if successor is not None:
+        return successor
     if config.conv == "bcop":
         return BCOPConv2d(cin, cout, k, ortho=config.ortho)
     if config.conv == "rko":
@@ -235,6 +252,23 @@ def _conv(config: ModelConfig, cin: int, cout: int, k: int, size: int) -> Lipsch
     if config.conv == "svcm":
         return SVCMConv2d(cin, cout, k, input_size=size)
     return PlainConv2d(cin, cout, k)
+
+
+def _successor_conv(
+    config: ModelConfig, cin: int, cout: int, k: int, size: int, stride: int
+) -> LipschitzConv2d | None:
+    """The convolution of a later family (None for the paper's own); docs/successors.md."""
+    if config.conv == "cayley":
+        return CayleyConv2d(cin, cout, k, input_size=size)
+    if config.conv == "soc":
+        return SOCConv2d(cin, cout, k)
+    if config.conv == "aol":
+        return AOLConv2d(cin, cout, k)
+    if config.conv == "sll":
+        return SLLConv2d(cin, cout, k)
+    if config.conv == "aoc":
+        return AOCConv2d(cin, cout, k, stride=stride, ortho=config.ortho)
+    return None
 
 
 def dense_layer(config: ModelConfig, fin: int, fout: int) -> LipschitzLinear:
@@ -269,11 +303,16 @@ class LipschitzNet(nn.Sequential):
     def _layers(config: ModelConfig) -> Iterator[tuple[str, nn.Module]]:
         channels, size, _ = config.input_shape
         for i, (cout, k, stride) in enumerate(CONV_SPECS.get(config.arch, []), start=1):
-            if stride == 2:
-                yield f"down{i}", InvertibleDownsample(2)
-                channels, size, k = channels * 4, size // 2, k // 2
-            yield f"conv{i}", _conv(config, channels, cout, k, size)
-            yield f"act{i}", _activation(config)
+            if stride == 2 and config.conv in NATIVE_STRIDE:
+                yield f"conv{i}", _conv(config, channels, cout, k, size, stride)
+                size //= stride
+            else:
+                if stride == 2:
+                    yield f"down{i}", InvertibleDownsample(2)
+                    channels, size, k = channels * 4, size // 2, k // 2
+                yield f"conv{i}", _conv(config, channels, cout, k, size)
+            if config.conv not in OWN_ACTIVATION:
+                yield f"act{i}", _activation(config)
             channels = cout
         yield "flatten", nn.Flatten()
         features = channels * size * size

@@ -54,6 +54,9 @@ def conv_spectra(model: nn.Sequential, input_shape: Sequence[int] | None = None)
 
     An orthogonal convolution (BCOP) has all of them equal to 1; other 1-Lipschitz
     parameterisations (RKO, OSSN, SVCM) spread below 1, and unconstrained ones also above.
+    A layer with an ``operator_singular_values(input_shape)`` method reports those (SOC's
+    truncated series, AOC's strided operator); one that returns None (SLL, not linear) is
+    left out.
 
     Args:
         model: a sequential network (e.g. :class:`~bcop.models.LipschitzNet`).
@@ -63,6 +66,12 @@ def conv_spectra(model: nn.Sequential, input_shape: Sequence[int] | None = None)
     spectra = []
     for name, module, in_shape in layer_input_shapes(model, shape):
         if not isinstance(module, nn.Conv2d):
+            continue
+        own = getattr(module, "operator_singular_values", None)
+        if own is not None:  # a layer whose weight is not its operator's kernel (SOC, AOC, SLL)
+            values = own(in_shape)
+            if values is not None:  # None: not a linear layer (SLL's residual block)
+                spectra.append(LayerSpectrum(name, tuple(in_shape), values.float()))
             continue
         h, w = in_shape[-2:]
         if module.padding_mode == "zeros":

@@ -1,6 +1,9 @@
 """Lipschitz layers: thin ``nn.Module``s over the maths in :mod:`bcop.orthogonal`."""
 
 from bcop.layers.activations import GroupSort, MaxMin, group_sort
+from bcop.layers.aoc import AOCConv2d
+from bcop.layers.aol import AOLConv2d
+from bcop.layers.cayley import CayleyConv2d
 from bcop.layers.conv import (
     KERNEL_SIZES,
     BCOPConv2d,
@@ -19,9 +22,16 @@ from bcop.layers.parametrization import (
     OrthoParams,
     frozen_weights,
 )
+from bcop.layers.sll import SLLConv2d
+from bcop.layers.soc import SOCConv2d
 from bcop.orthogonal import bcop_kernel, svcm_project
 
 __all__ = [
+    "AOCConv2d",
+    "AOLConv2d",
+    "CayleyConv2d",
+    "SLLConv2d",
+    "SOCConv2d",
     "KERNEL_SIZES",
     "BCOPConv2d",
     "BjorckLinear",

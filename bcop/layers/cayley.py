@@ -1,0 +1,92 @@
+"""Cayley convolutions (Trockman & Kolter, ICLR 2021).
+
+At every frequency of the input's FFT, a circular convolution is a matrix; the Cayley
+transform of its skew part (:func:`bcop.kernels.cayley`) makes each of these orthonormal, so
+the convolution is orthogonal -- for circular padding, on the one input size it was built for.
+The result is a circular convolution whose kernel covers the whole input (h x w taps); the
+layer is an ``nn.Conv2d`` with that kernel as its weight, applied by FFT, and its bound is
+that kernel's exact norm.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch.nn.utils import parametrize
+
+from bcop.kernels import cayley_kernel, fft_conv2d_same
+from bcop.layers.conv import LipschitzConv2d
+from bcop.layers.parametrization import CachedParametrization
+from bcop.orthogonal import as_pair
+
+__all__ = ["CayleyConv2d"]
+
+
+class CayleyKernel(CachedParametrization):
+    """Parametrization: raw (out, in, k, k) kernel -> (out, in, h, w) orthogonal kernel on (h, w).
+
+    Solved in complex128 in eval mode (orthogonal to float32 rounding), complex64 in training.
+    """
+
+    def __init__(self, input_size: tuple[int, int]) -> None:
+        super().__init__()
+        self.input_size = input_size
+
+    def right_inverse(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight
+
+    def compute(self, raw: torch.Tensor) -> torch.Tensor:
+        return cayley_kernel(raw, self.input_size, precise=not self.training)
+
+
+class CayleyConv2d(LipschitzConv2d):
+    """Orthogonal convolution by the Cayley transform, for circular padding and one input size.
+
+    An isometry when out_channels >= in_channels, a co-isometry (all singular values 1 on the
+    output side) when fewer. In the paper's Large MNIST network it takes each convolution as it
+    stands (the channel change is native, k = 2 after invertible downsampling) with
+    ``input_size`` the size that convolution sees (28, 14, 14, 7), followed by MaxMin (the
+    Cayley paper used GroupSort).
+
+    Args:
+        in_channels, out_channels: channel counts.
+        kernel_size: k in 1..7 of the raw kernel (the applied kernel covers the input).
+        input_size: n or (h, w) of the inputs; required, as the transform is defined for one size.
+        bias: add a learnable bias.
+        padding_mode: ``"circular"`` only (the construction is in the Fourier domain).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        input_size: int | Sequence[int],
+        bias: bool = True,
+        padding_mode: str = "circular",
+    ) -> None:
+        if padding_mode != "circular":
+            raise ValueError(f"CayleyConv2d is orthogonal for circular padding only, got {padding_mode!r}")
+        super().__init__(in_channels, out_channels, kernel_size, bias=bias, padding_mode=padding_mode)
+        self.input_size = as_pair(input_size)
+        if min(self.input_size) < kernel_size:
+            raise ValueError(f"input_size {self.input_size} is smaller than the kernel ({kernel_size})")
+        parametrize.register_parametrization(self, "weight", CayleyKernel(self.input_size), unsafe=True)
+
+    def _check_size(self, size: Sequence[int]) -> None:
+        if tuple(size) != self.input_size:
+            raise ValueError(
+                f"this CayleyConv2d was built for {self.input_size[0]}x{self.input_size[1]} inputs, "
+                f"got {size[0]}x{size[1]}: build it with input_size={tuple(size)}"
+            )
+
+    def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        self._check_size(x.shape[-2:])
+        return fft_conv2d_same(x, weight, bias)
+
+    def lipschitz_bound(self, input_shape: Sequence[int]) -> float:
+        """Exact norm of the applied (h x w) kernel on the input size it was built for."""
+        self._check_size(tuple(input_shape)[-2:])
+        return super().lipschitz_bound(input_shape)
