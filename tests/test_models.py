@@ -16,14 +16,19 @@ from safetensors.torch import load_file
 from bcop.certify import lipschitz_bound
 from bcop.hub import PRETRAINED_MODELS, checkpoints_dir, load_folder, save_model
 from bcop.layers import (
+    AOCConv2d,
+    AOLConv2d,
     BCOPConv2d,
     BjorckLinear,
+    CayleyConv2d,
     InvertibleDownsample,
     LipschitzLinear,
     MaxMin,
     OSSNConv2d,
     PlainConv2d,
     RKOConv2d,
+    SLLConv2d,
+    SOCConv2d,
     SVCMConv2d,
     frozen_weights,
 )
@@ -48,6 +53,11 @@ CONV_CLASSES = {
     "ossn": OSSNConv2d,
     "svcm": SVCMConv2d,
     "plain": PlainConv2d,
+    "cayley": CayleyConv2d,
+    "soc": SOCConv2d,
+    "aol": AOLConv2d,
+    "sll": SLLConv2d,
+    "aoc": AOCConv2d,
 }
 # Large and FC networks with orthogonalised or projected weights take ~0.5-2 s each to build on
 # 2 cores; the small ones and the unconstrained ones are built in full, plus bcop-large-mnist.
@@ -62,8 +72,9 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_model_names_cover_every_architecture_layer_dataset_and_activation() -> None:
-    """5 conv types x 2 activations for small and large, 2 dense types x 2 for fc, x 2 datasets."""
-    assert len(MODEL_NAMES) == len(set(MODEL_NAMES)) == 2 * (2 * 5 * 2 + 2 * 2)
+    """10 conv types (the paper's 5 and 5 later families) x 2 activations for small and large,
+    2 dense types x 2 for fc, x 2 datasets."""
+    assert len(MODEL_NAMES) == len(set(MODEL_NAMES)) == 2 * (2 * 10 * 2 + 2 * 2)
     for name in (
         "bcop-large-mnist",
         "rko-small-cifar10",
