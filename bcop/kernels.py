@@ -128,10 +128,10 @@ def cayley(w: torch.Tensor) -> torch.Tensor:
     if m < n:
         return cayley(w.mH).mH
     u, v = w[..., :n, :], w[..., n:, :]
-    a = u - u.mH + v.mH @ v
     eye = torch.eye(n, dtype=w.dtype, device=w.device)
-    inv = torch.linalg.solve(eye + a, eye.expand_as(a))
-    return torch.cat([inv @ (eye - a), -2 * v @ inv], dim=-2)
+    inv = torch.linalg.inv(eye + u - u.mH + v.mH @ v)
+    # (I + A)^-1 (I - A) = 2 (I + A)^-1 - I
+    return torch.cat([2 * inv - eye, -2 * v @ inv], dim=-2)
 
 
 def cayley_kernel(kernel: torch.Tensor, size: int | Sequence[int], precise: bool = True) -> torch.Tensor:

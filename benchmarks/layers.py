@@ -19,6 +19,10 @@ Four measurements, all on CPU in float32, timed as the median of repeated calls 
    operators of a ``torch.profiler`` trace.
 4. Inference with cached kernels: ``bcop-large-mnist`` in eval mode under ``torch.no_grad()``
    (kernels built once, then reused) against ``plain-large-mnist-maxmin`` at batch 128 and 1.
+5. The later families (Cayley, SOC, AOL, SLL, AOC): forward + backward of each layer at 64
+   channels k = 3 and 32 channels k = 5 (batch 8, 32 x 32), beside orthogonium 0.0.4's layer
+   where it has the family and is importable, and one Large-MNIST training step of each against
+   ``plain-large-mnist-maxmin`` and ``bcop-large-mnist``, with the epoch that step implies.
 
 The unconstrained matrices are orthogonally initialised and then perturbed (Gaussian noise of
 spectral norm about 0.1 to 0.2), as after some training, so that the orthonormalisation has work
@@ -26,7 +30,7 @@ to do and the orthogonality errors mean something.
 
 Usage::
 
-    python benchmarks/layers.py [--quick] [--out results/layers] [--threads N]
+    python benchmarks/layers.py [--quick] [--out results/layers] [--threads N] [--successors-only]
 
 writes ``results/layers.json`` and ``results/layers.md`` and prints the tables. ``--quick``
 uses few repetitions (development on busy cores, about 2 minutes); the full run takes a few
@@ -55,8 +59,17 @@ from torch.nn.utils import parametrize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bcop.layers import BCOPConv2d, BjorckLinear, OrthoParams  # noqa: E402
-from bcop.models import create_model  # noqa: E402
+from bcop.layers import (  # noqa: E402
+    AOCConv2d,
+    AOLConv2d,
+    BCOPConv2d,
+    BjorckLinear,
+    CayleyConv2d,
+    OrthoParams,
+    SLLConv2d,
+    SOCConv2d,
+)
+from bcop.models import SUCCESSORS, create_model  # noqa: E402
 from bcop.orthogonal import conv_singular_values  # noqa: E402
 from benchmarks.common import write_results  # noqa: E402
 
@@ -536,6 +549,108 @@ def bench_inference(reps: Reps) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
+# 5. The later families (Cayley, SOC, AOL, SLL, AOC) beside each other and beside orthogonium
+# ----------------------------------------------------------------------------------------------
+
+SUCCESSOR_LAYER_CONFIGS = [(64, 3), (32, 5)]
+SUCCESSOR_BATCH, SUCCESSOR_SIZE = 8, 32  # 32 x 32: the size orthogonium's layers are written for
+STEPS_PER_EPOCH = -(-60_000 // TRAIN_BATCH)  # train+val (the final runs' split) at batch 128
+
+
+def _ours_successor(family: str, channels: int, k: int) -> nn.Module:
+    """Our layer of ``family``, ``channels`` -> ``channels``, for 32 x 32 inputs."""
+    return {
+        "cayley": lambda: CayleyConv2d(channels, channels, k, input_size=SUCCESSOR_SIZE),
+        "soc": lambda: SOCConv2d(channels, channels, k),
+        "aol": lambda: AOLConv2d(channels, channels, k),
+        "sll": lambda: SLLConv2d(channels, channels, k),
+        "aoc": lambda: AOCConv2d(channels, channels, k),
+    }[family]()
+
+
+def _orthogonium_successor(family: str, channels: int, k: int) -> tuple[nn.Module | None, str]:
+    """orthogonium 0.0.4's layer of ``family`` (or None) and what it is, or why there is none."""
+    try:
+        from orthogonium.layers.conv.adaptiveSOC import AdaptiveSOCConv2d
+        from orthogonium.layers.conv.AOC import AdaptiveOrthoConv2d
+        from orthogonium.layers.conv.AOL import AOLConv2D
+        from orthogonium.layers.conv.SLL import SDPBasedLipschitzResBlock
+    except ImportError as err:
+        return None, f"orthogonium not importable ({err}); pip install --no-deps orthogonium==0.0.4"
+    if family == "cayley":
+        return None, "orthogonium has Cayley only in legacy/, written for CUDA"
+    if family == "soc":
+        layer = AdaptiveSOCConv2d(channels, channels, k, padding_mode="circular")
+        out = tuple(layer(torch.zeros(1, channels, SUCCESSOR_SIZE, SUCCESSOR_SIZE)).shape[-2:])
+        return layer, f"AdaptiveSOCConv2d (a modified SOC, explicit kernel; output {out[0]}x{out[1]})"
+    if family == "aol":
+        return AOLConv2D(channels, channels, k, padding="same", padding_mode="circular"), "AOLConv2D"
+    if family == "sll":
+        return SDPBasedLipschitzResBlock(channels, 1.0, kernel_size=k), "SDPBasedLipschitzResBlock"
+    return AdaptiveOrthoConv2d(channels, channels, k, padding_mode="circular"), "AdaptiveOrthoConv2d"
+
+
+def bench_successor_layers(reps: Reps) -> list[dict]:
+    """Forward + backward of each family's layer (ours; orthogonium's where it has one)."""
+    rows = []
+    for channels, k in SUCCESSOR_LAYER_CONFIGS:
+        x = torch.randn(SUCCESSOR_BATCH, channels, SUCCESSOR_SIZE, SUCCESSOR_SIZE)
+        for family in SUCCESSORS:
+            torch.manual_seed(0)
+            row = {"family": family, "channels": channels, "kernel_size": k}
+            row["ours"] = timed(layer_step_fn(_ours_successor(family, channels, k).train(), x), *reps.layer)
+            reference, what = _orthogonium_successor(family, channels, k)
+            row["orthogonium_layer"] = what
+            if reference is not None:
+                row["orthogonium"] = timed(layer_step_fn(reference.train(), x), *reps.layer)
+            rows.append(row)
+    return rows
+
+
+def bench_successor_training(reps: Reps) -> dict:
+    """One Large-MNIST training step of each family against ``plain-large-mnist-maxmin`` (and
+    ``bcop-large-mnist``), in one run; with the epoch it implies at batch 128 on train+val."""
+    x = torch.rand(TRAIN_BATCH, 1, 28, 28)
+    y = torch.randint(0, 10, (TRAIN_BATCH,))
+    names = ["plain-large-mnist-maxmin", "bcop-large-mnist"] + [f"{f}-large-mnist" for f in SUCCESSORS]
+    results = {}
+    for name in names:
+        torch.manual_seed(0)
+        step = timed(train_step_fn(create_model(name).train(), x, y), *reps.train)
+        results[name] = {**step, "epoch_min": step["median_ms"] * STEPS_PER_EPOCH / 6e4}
+    plain = results["plain-large-mnist-maxmin"]["median_ms"]
+    for row in results.values():
+        row["vs_plain"] = row["median_ms"] / plain
+    return {"layers": bench_successor_layers(reps), "training": results}
+
+
+def _markdown_successors(results: dict) -> list[str]:
+    lines = [
+        "",
+        f"## 5. The later families: forward + backward (batch {SUCCESSOR_BATCH}, "
+        f"{SUCCESSOR_SIZE}x{SUCCESSOR_SIZE}, in = out channels), and one Large-MNIST training step",
+        "",
+        "| family | channels | k | ours (ms) | orthogonium 0.0.4 (ms) | orthogonium's layer |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results["layers"]:
+        theirs = f"{r['orthogonium']['median_ms']:.1f}" if "orthogonium" in r else "-"
+        lines.append(
+            f"| {r['family']} | {r['channels']} | {r['kernel_size']} | {r['ours']['median_ms']:.1f} "
+            f"| {theirs} | {r['orthogonium_layer']} |"
+        )
+    lines += [
+        "",
+        f"| model (batch {TRAIN_BATCH}, Adam, hinge) | step (ms) | x plain "
+        f"| epoch ({STEPS_PER_EPOCH} steps, min) |",
+        "|---|---|---|---|",
+    ]
+    for name, r in results["training"].items():
+        lines.append(f"| {name} | {r['median_ms']:.0f} | {r['vs_plain']:.1f} | {r['epoch_min']:.1f} |")
+    return lines
+
+
+# ----------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------
 
@@ -693,7 +808,19 @@ def markdown(results: dict) -> str:
     """The results as the Markdown report: layers, training step, profile, inference, targets."""
     lines = _markdown_layers(results) + _markdown_training(results)
     lines += _markdown_profile(results["profile"]) + _markdown_inference_and_targets(results)
+    lines += _markdown_successors(results["successors"])
     return "\n".join(lines) + "\n"
+
+
+def write_successors(out: Path, results: dict, reps: Reps, start: float) -> int:
+    """Run and write section 5 alone (``--successors-only``)."""
+    print("5. later families", flush=True)
+    results["successors"] = bench_successor_training(reps)
+    results["environment"]["load_average_at_end"] = list(os.getloadavg())
+    results["environment"]["wall_s"] = time.perf_counter() - start
+    write_results(out, results, "\n".join(_markdown_successors(results["successors"])) + "\n")
+    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -701,12 +828,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="few repetitions, for development")
     parser.add_argument("--out", default="results/layers", help="output path without extension")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--successors-only", action="store_true", help="only 5., the later families")
     args = parser.parse_args(argv)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     reps = QUICK if args.quick else FULL
     results: dict = {"environment": environment(args.quick)}
     start = time.perf_counter()
+    if args.successors_only:
+        return write_successors(Path(args.out), results, reps, start)
     print("1. BCOP layers", flush=True)
     results["layers"] = bench_layers(reps)
     print("2. training step", flush=True)
@@ -715,6 +845,8 @@ def main(argv: list[str] | None = None) -> int:
     results["profile"] = bench_profile(reps)
     print("4. inference", flush=True)
     results["inference"] = bench_inference(reps)
+    print("5. later families", flush=True)
+    results["successors"] = bench_successor_training(reps)
     results["targets"] = targets(results)
     results["environment"]["load_average_at_end"] = list(os.getloadavg())
     results["environment"]["wall_s"] = time.perf_counter() - start

@@ -110,8 +110,8 @@ def test_soundness_check_fails_when_the_bound_is_forced_to_one_on_a_layer_above_
 def test_orthogonal_families_have_all_singular_values_within_1e_4_of_one_in_eval_mode(
     family: str, case: tuple[int, int, int, int]
 ) -> None:
-    """Cayley and AOC exactly (to float32 rounding); SOC with its 12 eval terms (measured gap
-    below 1e-6 at this size, docs/successors.md)."""
+    """Cayley and AOC exactly (to float32 rounding); SOC with its 12 eval terms (the series'
+    own gap is about 1e-12, docs/successors.md)."""
     cin, cout, k, size = case
     layer = _layer(family, cin, cout, k, size).eval()
     (spectrum,) = conv_spectra(nn.Sequential(layer), (cin, size, size))
@@ -122,13 +122,15 @@ def test_orthogonal_families_have_all_singular_values_within_1e_4_of_one_in_eval
 
 
 def test_soc_in_training_mode_is_approximately_orthogonal_and_its_bound_says_by_how_much() -> None:
-    """5 training terms: the series' error shows (gap below 1e-2 stated in docs/successors.md),
-    and the bound is the truncated series' exact norm, which exceeds 1 as often as not."""
+    """5 training terms: the series' error shows (about 1e-4 with S normalised to norm 0.7,
+    docs/successors.md), and the bound is the truncated series' exact norm, above 1, not the
+    exponential's 1."""
     layer = SOCConv2d(4, 4, 3).train()
     shape = (4, 6, 6)
     values = layer.operator_singular_values(shape)
-    assert (values - 1).abs().max() < 1e-2
+    assert (values - 1).abs().max() < 1e-3
     assert layer.lipschitz_bound(shape) == pytest.approx(float(values.max()), rel=1e-12)
+    assert layer.lipschitz_bound(shape) > 1
 
 
 def test_soc_series_operator_equals_the_composed_kernel_of_the_truncated_series() -> None:
