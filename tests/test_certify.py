@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bcop import create_model
 from bcop.attacks import pgd_l2
 from bcop.certify import (
     certified_accuracy,
@@ -22,7 +23,6 @@ from bcop.certify import (
     margins,
 )
 from bcop.layers import BjorckLinear, LipschitzLinear, MaxMin
-from bcop.models import create_model
 
 SQRT2 = math.sqrt(2)
 
