@@ -39,12 +39,12 @@ import torch
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
-from bcop.attacks import LOSSES as ATTACK_LOSSES
-from bcop.attacks import AttackResult, fgm_l2, pgd_l2
+from bcop.attacks import ATTACK_LOSSES, AttackResult, fgm_l2, pgd_l2
 from bcop.cards import model_card, results_table, summary_table
 from bcop.certify import certified_accuracy, certified_radius, full_float32, lipschitz_bound
 from bcop.cli import add_options, from_args, option
 from bcop.data import load_dataset, make_loader
+from bcop.hardware import describe_hardware
 from bcop.hub import LoadedModel, load_model, save_model
 from bcop.models import LipschitzNet
 from bcop.results import (
@@ -58,7 +58,7 @@ from bcop.results import (
     selection_description,
     write_results,
 )
-from bcop.train import TrainConfig, describe_hardware
+from bcop.train import TrainConfig
 
 __all__ = ["EvalConfig", "evaluate", "pgd_sample", "main"]
 

@@ -29,9 +29,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 from bcop.certify import certify
+from bcop.checkpoint import check_resumable, load_state, save_state
 from bcop.data import load_dataset
 from bcop.hub import checkpoints_dir, fetch_folder, load_model, save_folder
-from bcop.train import changed_options, load_state, save_state
 
 __all__ = [
     "GENERATOR_NAME",
@@ -155,16 +155,6 @@ def _adam(model: nn.Module, cfg: GanConfig) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
-def _check_resumable(state: Path, cfg: GanConfig) -> None:
-    previous = json.loads((state / "generator" / "state.json").read_text())["config"]
-    changed = changed_options(previous, dataclasses.asdict(cfg), ("steps", "out"))
-    if changed:
-        raise ValueError(
-            f"{state} was trained with other options ({'; '.join(changed)}): continue it with the original "
-            "ones (only --steps may change) or use another --out"
-        )
-
-
 def _critic_step(
     gen: Generator, critic: Critic, opt: torch.optim.Optimizer, real: torch.Tensor, cfg: GanConfig
 ) -> tuple[float, float]:
@@ -190,7 +180,7 @@ def train_gan(cfg: GanConfig, log_every: int = 50) -> dict[str, Any]:
     step, record = 0, {}
     state = out / "state"
     if (state / "generator" / "state.json").is_file():
-        _check_resumable(state, cfg)
+        check_resumable(state / "generator", dataclasses.asdict(cfg), ("steps", "out"))
         step = load_state(state / "critic", critic, opt_c)["step"]
         step = load_state(state / "generator", gen, opt_g)["step"]
     metrics_path = out / "metrics.json"
