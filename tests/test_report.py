@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from bcop.data import to_mnist_format
+from bcop import create_model
 from bcop.hub import checkpoints_dir
-from bcop.models import create_model
+from bcop.preprocess import to_mnist_format
 from bcop.report import attack_image, certified_curve, certify_image
 from bcop.results import read_results
 from bcop.spectra import jacobian_spectra
