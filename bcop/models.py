@@ -29,11 +29,11 @@ from bcop.layers import (
     PAPER_BJORCK,
     POLAR,
     BCOPConv2d,
-    BjorckLinear,
     InvertibleDownsample,
     LipschitzConv2d,
     LipschitzLinear,
     MaxMin,
+    OrthogonalLinear,
     OrthoParams,
     OSSNConv2d,
     PlainConv2d,
@@ -260,7 +260,7 @@ def dense_layer(config: ModelConfig, fin: int, fout: int) -> LipschitzLinear:
     (with the config's orthonormalisation settings), or unconstrained for plain networks."""
     if config.conv == "plain":
         return LipschitzLinear(fin, fout)
-    return BjorckLinear(fin, fout, ortho=config.ortho)
+    return OrthogonalLinear(fin, fout, ortho=config.ortho)
 
 
 def _activation(config: ModelConfig) -> nn.Module:

@@ -18,10 +18,10 @@ from bcop.certify import lipschitz_bound
 from bcop.hub import checkpoints_dir, load_folder, save_model
 from bcop.layers import (
     BCOPConv2d,
-    BjorckLinear,
     InvertibleDownsample,
     LipschitzLinear,
     MaxMin,
+    OrthogonalLinear,
     OSSNConv2d,
     PlainConv2d,
     RKOConv2d,
@@ -257,7 +257,7 @@ def test_bcop_large_mnist_has_the_papers_layers_in_order() -> None:
     ]
     assert shapes == [(1, 32, 3), (128, 32, 2), (32, 64, 3), (256, 64, 2)]
     assert (model.dense1.in_features, model.dense1.out_features) == (64 * 7 * 7, 512)
-    assert isinstance(model.logits, BjorckLinear)
+    assert isinstance(model.logits, OrthogonalLinear)
 
 
 def test_plain_fc_network_uses_unconstrained_dense_layers() -> None:
@@ -275,7 +275,7 @@ def test_plain_fc_network_uses_unconstrained_dense_layers() -> None:
 def test_create_model_overrides_reach_every_orthogonalised_layer() -> None:
     model = create_model("bcop-small-mnist", ortho=OrthoParams("bjorck", 7))
     params = [
-        m.parametrizations.weight[0] for m in model.modules() if isinstance(m, (BCOPConv2d, BjorckLinear))
+        m.parametrizations.weight[0] for m in model.modules() if isinstance(m, (BCOPConv2d, OrthogonalLinear))
     ]
     assert len(params) == 4
     assert all(p.ortho == OrthoParams("bjorck", 7) for p in params)
