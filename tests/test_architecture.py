@@ -1,15 +1,18 @@
 """The library's shape: imports point down one order (STYLE.md's picture), with no circle, even
 through an import inside a function; and every function is short enough to read at once.
 
-Both tests read the source (``ast``), so they import nothing and take well under a second.
+The import and length checks read the source (``ast``); the layer signatures are inspected.
 """
 
 from __future__ import annotations
 
 import ast
+import inspect
 from pathlib import Path
 
 import pytest
+
+from bcop.layers.conv import LipschitzConv2d
 
 PACKAGE = Path(__file__).resolve().parent.parent / "bcop"
 
@@ -135,3 +138,25 @@ def test_the_order_check_sees_an_import_inside_a_function(tmp_path: Path) -> Non
     source.write_text("def f():\n    from bcop.hub import load_model\n    import bcop.factory\n")
     modules = {"bcop.models": source, "bcop.hub": source, "bcop.factory": source}
     assert _imports("bcop.models", source, modules) == {"bcop.hub", "bcop.factory"}
+
+
+def _conv_classes() -> list[type]:
+    found, todo = [], [LipschitzConv2d]
+    while todo:
+        cls = todo.pop()
+        found.append(cls)
+        todo.extend(cls.__subclasses__())
+    assert {"BCOPConv2d", "RKOConv2d", "OSSNConv2d", "SVCMConv2d"} <= {c.__name__ for c in found}
+    return [c for c in found if c.__module__.startswith("bcop.layers")]
+
+
+@pytest.mark.parametrize("cls", _conv_classes(), ids=lambda cls: cls.__name__)
+def test_every_convolution_takes_its_settings_as_explicit_keyword_arguments(cls: type) -> None:
+    """``Conv(in_channels, out_channels, kernel_size, *, bias=True, padding_mode="circular", ...)``:
+    no ``**kwargs``, so help() and editors show every setting with its default."""
+    params = list(inspect.signature(cls).parameters.values())
+    assert [p.name for p in params[:3]] == ["in_channels", "out_channels", "kernel_size"]
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in params[:3])
+    assert all(p.kind is p.KEYWORD_ONLY for p in params[3:]), [str(p) for p in params]
+    named = {p.name: p.default for p in params[3:]}
+    assert named["bias"] is True and named["padding_mode"] == "circular"
