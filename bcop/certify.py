@@ -13,6 +13,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -258,28 +259,21 @@ def certified_accuracy_percent(
         ``{"n": ..., "clean": ..., "lipschitz": L, "certified": {eps: accuracy}}`` with
         accuracies in [0, 100]; see :func:`count_certified` for the arguments.
     """
-    counts = count_certified(model, batches, epsilons, lipschitz)
-    return {
-        "n": counts.n,
-        "clean": 100 * counts.correct / counts.n,
-        "lipschitz": counts.lipschitz,
-        "certified": {eps: 100 * count / counts.n for eps, count in counts.certified.items()},
-    }
+    return _accuracies(count_certified(model, batches, epsilons, lipschitz), 100)
 
 
-def _certified_fractions(
-    model: nn.Module,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    epsilons: Sequence[float],
-    lipschitz: float | None = None,
-) -> dict[str, object]:
+def _certified_fractions(*args: Any, **kwargs: Any) -> dict[str, object]:
     """The deprecated ``certified_accuracy``: :func:`certified_accuracy_percent` in [0, 1]."""
-    counts = count_certified(model, batches, epsilons, lipschitz)
+    return _accuracies(count_certified(*args, **kwargs), 1)
+
+
+def _accuracies(counts: CertifiedCounts, unit: float) -> dict[str, object]:
+    """Counts as accuracies: ``unit`` 100 for percent, 1 for fractions."""
     return {
         "n": counts.n,
-        "clean": counts.correct / counts.n,
+        "clean": unit * counts.correct / counts.n,
         "lipschitz": counts.lipschitz,
-        "certified": {eps: count / counts.n for eps, count in counts.certified.items()},
+        "certified": {eps: unit * count / counts.n for eps, count in counts.certified.items()},
     }
 
 

@@ -304,6 +304,12 @@ class InputSizedConv2d(LipschitzConv2d):
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, bias=bias, padding_mode=padding_mode)
         self.input_size = as_pair(input_size)
+        self._setup_constraint_()
+
+    def _setup_constraint_(self) -> None:
+        """Set the constraint up once the weight and ``input_size`` exist: none here; SVCM
+        projects a first time. A subclass with settings of its own takes them in its
+        constructor instead."""
 
 
 class OSSNConv2d(InputSizedConv2d):
@@ -366,24 +372,7 @@ class SVCMConv2d(InputSizedConv2d):
             for that size only).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        *,
-        input_size: int | Sequence[int],
-        bias: bool = True,
-        padding_mode: str = "circular",
-    ) -> None:
-        super().__init__(
-            in_channels,
-            out_channels,
-            kernel_size,
-            input_size=input_size,
-            bias=bias,
-            padding_mode=padding_mode,
-        )
+    def _setup_constraint_(self) -> None:
         self.project_()
 
     @torch.no_grad()
