@@ -96,6 +96,8 @@ class LoadedModel:
         location: the folder it was read from (for the Hub: the cache snapshot of one commit).
         repo_id: the Hub repo id when downloaded, else None.
         card: the model card text ("" when there is none).
+        commit: the Hub commit the files were read from (all of them: see :func:`_download`),
+            else None.
     """
 
     model: LipschitzNet
@@ -103,6 +105,7 @@ class LoadedModel:
     location: Path
     repo_id: str | None
     card: str
+    commit: str | None = None
 
 
 def hub_owner() -> str:
@@ -438,7 +441,9 @@ def load_model(
         if repo_id is None:
             raise
         raise ValueError(f"the model downloaded from {repo_id} does not load: {err}") from err
-    return LoadedModel(model, "local" if repo_id is None else "hub", folder, repo_id, card)
+    # a Hub snapshot folder is named by its commit (huggingface_hub's cache layout)
+    commit = None if repo_id is None else folder.name
+    return LoadedModel(model, "local" if repo_id is None else "hub", folder, repo_id, card, commit)
 
 
 def _available() -> str:

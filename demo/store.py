@@ -72,8 +72,7 @@ class ServedModel:
             try:
                 from huggingface_hub import hf_hub_download
 
-                # the snapshot folder is named by the commit the model was read from
-                commit = folder.name
+                commit = self.loaded.commit  # the commit the model was read from
                 folder = Path(hf_hub_download(self.loaded.repo_id, EVAL_RESULTS_FILE, revision=commit)).parent
             except Exception:  # no such file in the repo, or the Hub went away: not evaluated
                 return None

@@ -50,6 +50,11 @@ def test_pretrained_create_model_passes_the_hub_options_to_the_loader(fake_hub: 
         create_model(REPO, pretrained=True, revision="v9")
 
 
+def test_the_hub_loader_says_which_commit_it_read(fake_hub: FakeHub, tmp_path: Path) -> None:
+    assert hub.load_model(REPO).commit == fake_hub.commit(REPO)
+    assert hub.load_model(hub.save_model(create_model(NAME), tmp_path / NAME)).commit is None
+
+
 def test_pretrained_create_model_loads_a_folder_bitwise(tmp_path: Path) -> None:
     torch.manual_seed(3)
     fresh = create_model("plain-small-mnist")
