@@ -7,7 +7,9 @@ The import and length checks read the source (``ast``); the layer signatures are
 from __future__ import annotations
 
 import ast
+import importlib
 import inspect
+import warnings
 from pathlib import Path
 
 import pytest
@@ -160,3 +162,13 @@ def test_every_convolution_takes_its_settings_as_explicit_keyword_arguments(cls:
     assert all(p.kind is p.KEYWORD_ONLY for p in params[3:]), [str(p) for p in params]
     named = {p.name: p.default for p in params[3:]}
     assert named["bias"] is True and named["padding_mode"] == "circular"
+
+
+@pytest.mark.parametrize("module", sorted(_modules()), ids=str)
+def test_every_public_name_exists_without_a_deprecation_warning(module: str) -> None:
+    """``__all__`` lists only current names: none missing, none served by a deprecated alias."""
+    mod = importlib.import_module(module)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)
+        missing = [name for name in getattr(mod, "__all__", []) if not hasattr(mod, name)]
+    assert not missing, f"{module}.__all__ names what it does not define: {missing}"
