@@ -17,13 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import jacrev
 
+from bcop import create_model
 from bcop.attacks import minimal_adversarial_distance
 from bcop.certify import certify, layer_lipschitz_bounds
 from bcop.data import load_mnist
 from bcop.gradnorm import layer_gradient_norms
 from bcop.kernels import exp_conv_kernel, exp_conv_transfer, skew_kernel
 from bcop.layers import AOCConv2d, AOLConv2d, CayleyConv2d, SLLConv2d, SOCConv2d
-from bcop.models import create_model
 from bcop.orthogonal import conv_singular_values, power_iteration
 from bcop.spectra import conv_spectra
 
