@@ -16,9 +16,8 @@ import torch
 from torch.nn.utils import parametrize
 
 from bcop.kernels import cayley_kernel, fft_conv2d_same
-from bcop.layers.conv import LipschitzConv2d
+from bcop.layers.conv import InputSizedConv2d
 from bcop.layers.parametrization import CachedParametrization
-from bcop.orthogonal import as_pair
 
 __all__ = ["CayleyConv2d"]
 
@@ -40,7 +39,7 @@ class CayleyKernel(CachedParametrization):
         return cayley_kernel(raw, self.input_size, precise=not self.training)
 
 
-class CayleyConv2d(LipschitzConv2d):
+class CayleyConv2d(InputSizedConv2d):
     """Orthogonal convolution by the Cayley transform, for circular padding and one input size.
 
     An isometry when out_channels >= in_channels, a co-isometry (all singular values 1 on the
@@ -57,22 +56,11 @@ class CayleyConv2d(LipschitzConv2d):
         padding_mode: ``"circular"`` only (the construction is in the Fourier domain).
     """
 
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        kernel_size: int,
-        *,
-        input_size: int | Sequence[int],
-        bias: bool = True,
-        padding_mode: str = "circular",
-    ) -> None:
-        if padding_mode != "circular":
-            raise ValueError(f"CayleyConv2d is orthogonal for circular padding only, got {padding_mode!r}")
-        super().__init__(in_channels, out_channels, kernel_size, bias=bias, padding_mode=padding_mode)
-        self.input_size = as_pair(input_size)
-        if min(self.input_size) < kernel_size:
-            raise ValueError(f"input_size {self.input_size} is smaller than the kernel ({kernel_size})")
+    def _setup_constraint_(self) -> None:
+        if self.padding_mode != "circular":
+            raise ValueError(f"CayleyConv2d needs circular padding, got {self.padding_mode!r}")
+        if min(self.input_size) < self.kernel_size[0]:
+            raise ValueError(f"input_size {self.input_size} is smaller than the kernel {self.kernel_size}")
         parametrize.register_parametrization(self, "weight", CayleyKernel(self.input_size), unsafe=True)
 
     def _check_size(self, size: Sequence[int]) -> None:
