@@ -35,6 +35,12 @@ MODELS = (
     "plain-small-mnist",
     "plain-fc-mnist-maxmin",
     "bcop-small-cifar10",
+    # the later families (docs/successors.md)
+    "cayley-small-mnist",
+    "soc-small-mnist",
+    "aol-small-mnist",
+    "sll-small-mnist",
+    "aoc-small-mnist",
 )
 
 

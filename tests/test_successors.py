@@ -10,6 +10,7 @@ exceeds the bound it reports.
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,9 +20,10 @@ from torch.func import jacrev
 
 from bcop import create_model
 from bcop.attacks import minimal_adversarial_distance
-from bcop.certify import certify, layer_lipschitz_bounds
+from bcop.certify import certify, layer_lipschitz_bounds, lipschitz_bound
 from bcop.data import load_mnist
 from bcop.gradnorm import layer_gradient_norms
+from bcop.hub import load_folder, save_model
 from bcop.kernels import exp_conv_kernel, exp_conv_transfer, skew_kernel
 from bcop.layers import AOCConv2d, AOLConv2d, CayleyConv2d, SLLConv2d, SOCConv2d
 from bcop.orthogonal import conv_singular_values, power_iteration
@@ -174,6 +176,26 @@ def test_sll_is_one_layer_to_certify_and_to_measure_gradients_at_and_spectra_lea
     x = torch.rand(2, 1, 28, 28, generator=torch.Generator().manual_seed(3))
     assert [g.name for g in layer_gradient_norms(model, x)][:2] == ["conv1", "conv2"]
     assert [s.name for s in conv_spectra(model)] == []
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_saved_network_of_each_family_loads_back_with_the_same_logits_and_bound(
+    family: str, tmp_path: Path
+) -> None:
+    """Hub layout (config.json + safetensors) through every family's parametrizations and
+    buffers (SOC's power-iteration vector, AOC's three raw tensors, SLL's q)."""
+    torch.manual_seed(0)
+    model = create_model(f"{family}-small-mnist")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    model.eval()
+    save_model(model, tmp_path)
+    loaded, _ = load_folder(tmp_path)
+    x = torch.rand(3, 1, 28, 28, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model(x), atol=0, rtol=0)
+    assert lipschitz_bound(loaded) == lipschitz_bound(model)
 
 
 # --- small networks train and keep their certificates ------------------------------------------
