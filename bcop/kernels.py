@@ -30,6 +30,7 @@ __all__ = [
     "pad_channels",
     "conv2d_same_adjoint",
     "fft_conv2d_same",
+    "apply_transfer",
     "cayley",
     "cayley_kernel",
     "skew_kernel",
@@ -106,6 +107,22 @@ def fft_conv2d_same(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | 
     spectrum = torch.einsum("oihw,nihw->nohw", _transfer(kernel, size), torch.fft.rfft2(x))
     y = torch.fft.irfft2(spectrum, s=size)
     return y if bias is None else y + bias[:, None, None]
+
+
+def apply_transfer(x: torch.Tensor, transfer: torch.Tensor) -> torch.Tensor:
+    """The circular operator given by its matrices at every frequency, applied by FFT.
+
+    Args:
+        x: (N, C_in, H, W) real.
+        transfer: (H, W, C_out, C_in) complex: the operator's matrix at each frequency of the
+            full grid, conjugate-symmetric (``T(-f) = conj(T(f))``) so that the result is real.
+
+    Returns:
+        (N, C_out, H, W).
+    """
+    size = (x.shape[-2], x.shape[-1])
+    half = transfer[:, : size[1] // 2 + 1].to(torch.fft.rfft2(x[:1, :1]).dtype)
+    return torch.fft.irfft2(torch.einsum("hwoi,nihw->nohw", half, torch.fft.rfft2(x)), s=size)
 
 
 def cayley(w: torch.Tensor) -> torch.Tensor:

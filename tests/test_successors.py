@@ -24,8 +24,8 @@ from bcop.certify import certify, layer_lipschitz_bounds, lipschitz_bound
 from bcop.data import load_mnist
 from bcop.gradnorm import layer_gradient_norms
 from bcop.hub import load_folder, save_model
-from bcop.kernels import exp_conv_kernel, exp_conv_transfer, skew_kernel
-from bcop.layers import AOCConv2d, AOLConv2d, CayleyConv2d, SLLConv2d, SOCConv2d
+from bcop.kernels import exp_conv, exp_conv_kernel, exp_conv_transfer, pad_channels, skew_kernel
+from bcop.layers import AOCConv2d, AOLConv2d, CayleyConv2d, SLLConv2d, SOCConv2d, frozen_weights
 from bcop.orthogonal import conv_singular_values, power_iteration
 from bcop.spectra import conv_spectra
 
@@ -143,6 +143,25 @@ def test_soc_series_operator_equals_the_composed_kernel_of_the_truncated_series(
     composed = conv_singular_values(exp_conv_kernel(skew, 5), 6).sort().values
     direct = torch.linalg.svdvals(exp_conv_transfer(skew, 5, 6)).reshape(-1).sort().values
     torch.testing.assert_close(composed, direct, atol=1e-12, rtol=0)
+
+
+def test_soc_frozen_operator_is_the_series_in_value_and_input_gradient_and_follows_the_weights() -> None:
+    """Note [SOC's frozen operator]: with frozen weights in eval mode the layer applies its
+    series' exact operator by FFT; it must agree with the 12-term series (float32, 1e-5) in
+    value and in the gradient an attack takes, and be rebuilt when a weight changes."""
+    layer = SOCConv2d(8, 3, 2).eval()
+    x = torch.rand(2, 8, 6, 6, generator=torch.Generator().manual_seed(5), requires_grad=True)
+    series = exp_conv(pad_channels(x, 8), layer.weight, 12)[:, :3] + layer.bias[:, None, None]
+    (series_grad,) = torch.autograd.grad(series.square().sum(), x)
+    with frozen_weights(layer):
+        frozen = layer(x)
+        (frozen_grad,) = torch.autograd.grad(frozen.square().sum(), x)
+        torch.testing.assert_close(frozen, series.detach(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(frozen_grad, series_grad, atol=1e-5, rtol=0)
+        with torch.no_grad():
+            layer.parametrizations.weight.original.mul_(1.5)
+            moved = exp_conv(pad_channels(x, 8), layer.weight, 12)[:, :3] + layer.bias[:, None, None]
+            torch.testing.assert_close(layer(x), moved, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

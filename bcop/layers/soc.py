@@ -15,9 +15,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from bcop.kernels import exp_conv, exp_conv_transfer, pad_channels, skew_kernel
+from bcop.kernels import apply_transfer, exp_conv, exp_conv_transfer, pad_channels, skew_kernel
 from bcop.layers.conv import LipschitzConv2d
-from bcop.layers.parametrization import CachedParametrization
+from bcop.layers.parametrization import CachedParametrization, _untraced
 from bcop.orthogonal import as_pair, conv2d_same
 
 __all__ = ["SOCConv2d"]
@@ -73,7 +73,9 @@ class SOCConv2d(LipschitzConv2d):
     mode (SOC's defaults), MaxMin after it (SOC used MaxMin).
 
     The weight is the normalised skew-symmetric kernel S (c, c, k', k') the series uses, not a
-    kernel of the layer's operator; :meth:`operator_singular_values` gives the operator's.
+    kernel of the layer's operator; :meth:`operator_singular_values` gives the operator's. In
+    eval mode with frozen weights the layer applies that operator by FFT (Note [SOC's frozen
+    operator]), the same function as the series at a fraction of its cost.
 
     Args:
         in_channels, out_channels: channel counts.
@@ -113,6 +115,7 @@ class SOCConv2d(LipschitzConv2d):
         generator = SkewGenerator(c, correction, power_iters)
         parametrize.register_parametrization(self, "weight", generator, unsafe=True)
         generator.power_iteration_(skew_kernel(raw), 50)  # start from a converged estimate
+        self._transfer_cache: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def terms(self) -> int:
@@ -120,8 +123,42 @@ class SOCConv2d(LipschitzConv2d):
         return self.train_terms if self.training else self.eval_terms
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        y = exp_conv(pad_channels(x, weight.shape[0]), weight, self.terms)[:, : self.out_channels]
+        key = self._frozen_key(x)
+        if key is None:
+            y = exp_conv(pad_channels(x, weight.shape[0]), weight, self.terms)[:, : self.out_channels]
+        else:
+            y = apply_transfer(x, self._frozen_transfer(key, weight, x.shape[-2:]))
         return y if bias is None else y + bias[:, None, None]
+
+    # Note [SOC's frozen operator]: in eval mode with weights that need no gradient (inference,
+    # certification, attacks under frozen_weights), the layer applies the exact operator of its
+    # truncated series (exp_conv_transfer, float64, cached per weights and input size) by FFT:
+    # the same function as the series, one product per frequency instead of 12 convolutions
+    # on c channels. Training, and any gradient with respect to the weights, use the series.
+    def _frozen_key(self, x: torch.Tensor) -> tuple | None:
+        """The cache key of the frozen operator for input ``x``, or None when the series must run."""
+        raw = self.parametrizations.weight.original
+        if self.training or (torch.is_grad_enabled() and raw.requires_grad) or not _untraced(raw):
+            return None
+        v = self.parametrizations.weight[0].v
+        return (
+            tuple(x.shape[-2:]),
+            x.dtype,
+            x.device,
+            raw.data_ptr(),
+            raw._version,
+            v.data_ptr(),
+            v._version,
+        )
+
+    def _frozen_transfer(self, key: tuple, weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """(H, W, out, in) matrices of the eval-mode operator on ``size``, cached under ``key``."""
+        if self._transfer_cache is None or self._transfer_cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                transfer = exp_conv_transfer(weight, self.terms, tuple(size))
+                sliced = transfer[..., : self.out_channels, : self.in_channels].contiguous()
+            self._transfer_cache = (key, sliced)
+        return self._transfer_cache[1]
 
     @torch.no_grad()
     def operator_singular_values(self, input_shape: Sequence[int]) -> torch.Tensor:
