@@ -59,6 +59,7 @@ from torch.nn.utils import parametrize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bcop import create_model  # noqa: E402
 from bcop.layers import (  # noqa: E402
     AOCConv2d,
     AOLConv2d,
@@ -69,7 +70,7 @@ from bcop.layers import (  # noqa: E402
     SLLConv2d,
     SOCConv2d,
 )
-from bcop.models import SUCCESSORS, create_model  # noqa: E402
+from bcop.models import SUCCESSORS  # noqa: E402
 from bcop.orthogonal import conv_singular_values  # noqa: E402
 from benchmarks.common import write_results  # noqa: E402
 
