@@ -4,8 +4,10 @@ Everything here is a function of tensors: no modules, no state. Every convolutio
 stride-1, same-size circular cross-correlation of :func:`bcop.orthogonal.conv2d_same` (offsets
 ``a - (k - 1) // 2`` for a kernel tap ``a``), unless a stride is named.
 
+* :func:`pad_channels` -- zero channels appended (how SOC and SLL take fewer channels in).
 * :func:`conv2d_same_adjoint` -- the transpose of that convolution (SLL's ``W``, SOC's ``L^T``).
 * :func:`fft_conv2d_same` -- the same convolution computed by FFT, for kernels as large as the input.
+* :func:`apply_transfer` -- a circular operator given by its matrix at each frequency, by FFT.
 * :func:`cayley`, :func:`cayley_kernel` -- Cayley transform per frequency (Trockman & Kolter 2021).
 * :func:`skew_kernel`, :func:`exp_conv`, :func:`exp_conv_kernel`, :func:`exp_conv_transfer` --
   SOC's exponential of a skew-symmetric convolution as a truncated Taylor series (Singla &
