@@ -9,7 +9,9 @@ the activation is not the default: ``bcop-large-mnist``, ``rko-small-cifar10``,
 the checkpoints in ``checkpoints/``, the Hub repos and the app's choices.
 
 Strided convolutions are replaced, as in the paper, by invertible downsampling followed by a
-stride-1 convolution: "conv c k4 s2" is ``InvertibleDownsample(2)`` then a k=2 convolution.
+stride-1 convolution: "conv c k4 s2" is ``InvertibleDownsample(2)`` then a k=2 convolution,
+except for AOC, whose strided convolution is its own (docs/successors.md: how each later
+family fits these networks).
 """
 
 from __future__ import annotations
