@@ -37,7 +37,7 @@ import bcop.hub
 import demo.store
 from bcop.data import to_mnist_format
 from bcop.report import ImageCertificate
-from demo import certify_tab, gradients_tab, models_tab
+from demo import certify_tab, gradients_tab, models_tab, runs
 from demo.errors import validated
 from demo.inputs import NO_IMAGE_MESSAGE, UnreadableUpload
 from demo.store import ModelStore
@@ -248,7 +248,7 @@ def test_stop_ends_the_training_with_a_status_that_says_it_stopped(store: ModelS
     assert "stopped" not in next(run)[1]
     actions.stop(request)
     _, status = next(run)
-    assert status.endswith(gradients_tab.STOPPED) and "step 10/100" in status
+    assert status.endswith(runs.STOPPED) and "step 10/100" in status
     assert next(run, None) is None
 
 
@@ -287,7 +287,12 @@ def bad_inputs(tmp: Path) -> list[tuple[str, tuple, str, str]]:
         ("empty sketch", (sketch, None, MODELS), "/certify", NO_IMAGE_MESSAGE),
         ("blank image", (None, handle_file(blank), MODELS), "/certify", "blank"),
         ("text file", (None, handle_file(str(text)), MODELS), "/certify", "as an image"),
-        ("truncated png", (None, handle_file(str(truncated)), MODELS), "/certify", "image"),
+        (
+            "truncated png",
+            (None, handle_file(str(truncated)), MODELS),
+            "/certify",
+            "truncated.png is damaged",
+        ),
         ("svg", (None, handle_file(str(svg)), MODELS), "/certify", "digit.svg is a vector (SVG) image"),
         ("huge png", (None, handle_file(huge_png_header(tmp)), MODELS), "/certify", "huge.png is too large"),
         ("unknown model", (None, digit, ["resnet-50"]), "/certify", "not in the list of choices"),
@@ -310,6 +315,7 @@ def test_bad_input_gets_a_clear_message_and_the_server_keeps_serving(client: Cli
         message = str(caught.value)
         assert words in message, f"{name}: {message!r}"
         assert "Traceback" not in message and "upstream Gradio app has raised" not in message, name
+        assert "decompression bomb" not in message and "Error" not in message, f"{name}: {message!r}"
         assert str(tmp_path) not in message and "/tmp/" not in message, f"{name} shows a server path"
     _, certificates, _, _ = certify(client, str(EXAMPLE))
     assert len(table(certificates)) == len(MODELS)
@@ -335,25 +341,37 @@ def test_gradios_own_refusals_are_logged_in_one_line_too(caplog: pytest.LogCaptu
 
 def test_results_follow_the_input_and_clearing_it_clears_them(store: ModelStore, tmp_path: Path) -> None:
     actions = certify_tab.Actions(store)
-    sketch_out, tabs, preview, certificates, _, summary, *attack = actions.from_upload(
-        str(OTHER_EXAMPLE), None, MODELS
+    sketch_out, upload_out, preview, certificates, _, summary, *attack = actions.from_upload(
+        str(OTHER_EXAMPLE), MODELS
     )
-    assert sketch_out is None, "an upload replaces the drawing"
+    assert sketch_out is None and upload_out == gr.skip(), "an upload replaces the drawing and stays"
     expected = to_mnist_format(OTHER_EXAMPLE)[0].numpy()
     assert np.array_equal(np.asarray(Image.open(preview)), np.round(expected * 255).astype(np.uint8))
     assert list(certificates["model"]) == MODELS and "certified radius" in summary
     assert attack[0] is None and attack[1].empty and attack[3] == "", "the old attack results are gone"
     empty = {"background": None, "layers": [], "composite": np.zeros((336, 336, 4), np.uint8)}
     upload_out, preview, certificates, chart, summary, *_, attack_button, _, _, certify_box = (
-        actions.from_sketch(empty, None, MODELS)
+        actions.from_sketch(empty, MODELS)
     )
     assert preview is None and certificates.empty and chart is None and not certify_box.visible
     assert summary == certify_tab.NO_IMAGE_SUMMARY and "draw a digit" in summary, "the page says what to do"
     assert not attack_button.interactive, "nothing to attack"
-    skipped = actions.from_sketch(empty, str(OTHER_EXAMPLE), MODELS)
+    skipped = actions.from_sketch(empty, MODELS, source="upload")
     assert all(value == gr.skip() for value in skipped), (
-        "the canvas was cleared by an upload: keep its results"
+        "a stroke's late event, after the visitor moved to an upload or example, changes nothing"
     )
+
+
+def test_an_example_arrives_with_its_own_results(store: ModelStore) -> None:
+    actions = certify_tab.Actions(store)
+    index = certify_tab.EXAMPLES.index(OTHER_EXAMPLE)
+    sketch_out, upload_out, preview, certificates, _, summary, *_ = actions.from_example(index, MODELS)
+    assert sketch_out is None and upload_out == str(OTHER_EXAMPLE), "the example replaces the drawing"
+    expected = to_mnist_format(OTHER_EXAMPLE)[0].numpy()
+    assert np.array_equal(np.asarray(Image.open(preview)), np.round(expected * 255).astype(np.uint8))
+    assert list(certificates["model"]) == MODELS and summary.count("certified radius") == len(MODELS)
+    with pytest.raises(gr.Error, match="choose an example between 0 and"):
+        actions.from_example(len(certify_tab.EXAMPLES), MODELS)
 
 
 def test_results_follow_the_chosen_models(store: ModelStore, tmp_path: Path) -> None:
@@ -388,7 +406,8 @@ def test_an_unusable_new_image_clears_the_old_results_and_says_why(store: ModelS
     actions = certify_tab.Actions(store)
     blank = png(tmp_path, "blank.png", np.full((50, 50), 255, np.uint8))
     for upload, words in [(blank, "the image is blank"), (UnreadableUpload("x.svg is a vector"), "x.svg")]:
-        _, _, preview, certificates, chart, summary, *_, box = actions.from_upload(upload, None, MODELS)
+        _, upload_out, preview, certificates, chart, summary, *_, box = actions.from_upload(upload, MODELS)
+        assert upload_out is None, "the unusable file is removed: no broken image stays on show"
         assert preview is None and certificates.empty and chart is None and words in summary
         assert not box.visible, "no empty frames under the message"
 
