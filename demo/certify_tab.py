@@ -361,35 +361,54 @@ class _Widgets:
 
 
 def _results(start: dict[str, Any]) -> tuple[list[Component], list[Component], gr.Column, gr.Column]:
-    """The certificate's table, chart and summary, then the attack's; their frames are hidden
+    """The certificates' table and chart, then the attack's results; their frames are hidden
     while they are empty (no image; no attack yet)."""
-    summary = gr.Markdown(
-        start.get("summary", NO_IMAGE_SUMMARY), label="Summary", show_label=False, elem_id="certify-summary"
-    )
     with gr.Column(visible=bool(start)) as certify_box:
         table = gr.Dataframe(
             value=start.get("table"),
             headers=[*CERTIFY_COLUMNS, "loaded from"],
             label="Certificates",
             interactive=False,
-            wrap=True,
+            elem_classes=["results-table"],
         )
         chart = gr.Plot(value=start.get("chart"), label="Probabilities")
     with gr.Column(visible=False) as attack_box:
         attack_md = gr.Markdown(label="Attack summary", show_label=False, elem_id="attack-summary")
         bounds_plot = gr.Plot(label="Certified radius vs. attack")
         gr.Markdown(BOUNDS_CAPTION)
-        attack_table = gr.Dataframe(headers=ATTACK_COLUMNS, label="Attacks", interactive=False, wrap=True)
+        attack_table = gr.Dataframe(
+            headers=ATTACK_COLUMNS,
+            label="Attacks",
+            interactive=False,
+            elem_classes=["results-table"],
+        )
         attack_plot = gr.Plot(label="Adversarial images and perturbations")
-    certified, attacked = [table, chart, summary], [attack_plot, attack_table, bounds_plot, attack_md]
-    return certified, attacked, certify_box, attack_box
+    return [table, chart], [attack_plot, attack_table, bounds_plot, attack_md], certify_box, attack_box
+
+
+def _controls(store: ModelStore, start: dict[str, Any]) -> tuple[Component, ...]:
+    """The models to use, Certify, and the attack's radius, button and status."""
+    models = validated(gr.CheckboxGroup(store.names, value=store.defaults(), label="Models"))
+    certify_btn = gr.Button("Certify", variant="primary")
+    preprocess_btn = gr.Button("Preprocess", visible=False)  # API endpoint only
+    epsilon = validated(
+        gr.Slider(EPS_MIN, EPS_MAX, value=EPS_DEFAULT, step=0.01, label="Attack radius ε (L2)")
+    )
+    attack_btn = gr.Button(
+        "Attack (PGD + smallest-perturbation search)", interactive=bool(start), elem_id="attack-button"
+    )
+    attack_status = gr.Markdown(ATTACK_PROMPT if start else "", elem_id="attack-status", min_height=60)
+    return models, certify_btn, preprocess_btn, epsilon, attack_btn, attack_status
 
 
 def _layout(store: ModelStore, start: dict[str, Any]) -> _Widgets:
-    with gr.Row():
-        with gr.Column(scale=2):
+    """Left the input; right what the models see and, under it, the first results (within the
+    first screen at 1024×768), then the controls; the tables and charts below both."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=320):
             inputs = _input_column(start)
-        with gr.Column(scale=1):
+            gr.Markdown(DIGITS_ONLY, elem_id="digits-only")
+        with gr.Column(scale=1, min_width=320):
             preview = gr.Image(
                 value=start.get("preview"),
                 label="What the models see (28×28, MNIST format)",
@@ -397,28 +416,20 @@ def _layout(store: ModelStore, start: dict[str, Any]) -> _Widgets:
                 image_mode="L",
                 interactive=False,
                 format="png",
-                height=224,
+                height=168,
                 elem_id="model-input",
             )
-            gr.Markdown(DIGITS_ONLY, elem_id="digits-only")
-            models = validated(gr.CheckboxGroup(store.names, value=store.defaults(), label="Models"))
-            certify_btn = gr.Button("Certify", variant="primary")
-            preprocess_btn = gr.Button("Preprocess", visible=False)  # API endpoint only
-            epsilon = validated(
-                gr.Slider(EPS_MIN, EPS_MAX, value=EPS_DEFAULT, step=0.01, label="Attack radius ε (L2)")
+            summary = gr.Markdown(
+                start.get("summary", NO_IMAGE_SUMMARY),
+                label="Summary",
+                show_label=False,
+                elem_id="certify-summary",
             )
-            attack_btn = gr.Button(
-                "Attack (PGD + smallest-perturbation search)",
-                interactive=bool(start),
-                elem_id="attack-button",
-            )
-            attack_status = gr.Markdown(
-                ATTACK_PROMPT if start else "", elem_id="attack-status", min_height=60
-            )
-    certified, attacked, certify_box, attack_box = _results(start)
+            models, certify_btn, preprocess_btn, epsilon, attack_btn, attack_status = _controls(store, start)
+    (table, chart), attacked, certify_box, attack_box = _results(start)
     return _Widgets(
         inputs, models, epsilon, certify_btn, preprocess_btn, attack_btn, attack_status,
-        [preview, *certified], attacked, attack_box, certify_box,
+        [preview, table, chart, summary], attacked, attack_box, certify_box,
     )  # fmt: skip
 
 
