@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -36,7 +37,10 @@ from PIL import Image
 import bcop.hub
 import demo.store
 from bcop.data import to_mnist_format
+from bcop.gradnorm import layer_gradient_norms
 from bcop.report import ImageCertificate
+from bcop.spectra import jacobian_spectra
+from bcop.wasserstein import Estimate, EstimateSnapshot, make_pair, train_side_by_side
 from demo import certify_tab, gradients_tab, models_tab, runs
 from demo.errors import validated
 from demo.inputs import NO_IMAGE_MESSAGE, UnreadableUpload
@@ -485,3 +489,126 @@ def test_the_bounds_markers_have_colours_no_model_has() -> None:
     from demo.figures import ATTACK_COLOR, CERTIFIED_COLOR, MODEL_COLORS
 
     assert {CERTIFIED_COLOR, ATTACK_COLOR}.isdisjoint(MODEL_COLORS.values())
+
+
+# --- names, captions and long runs --------------------------------------------------------------
+
+
+def test_every_api_input_and_output_has_a_name(client: Client) -> None:
+    api = client.view_api(return_format="dict", print_info=False)
+    for name, endpoint in api["named_endpoints"].items():
+        labels = [p["label"] for p in endpoint["parameters"]] + [r["label"] for r in endpoint["returns"]]
+        unnamed = [label for label in labels if not label or re.fullmatch(r"value_\d+", label)]
+        assert unnamed == [], f"{name}: {labels}"
+    assert api["unnamed_endpoints"] == {}
+
+
+def test_the_gradient_chart_shows_the_fraction_kept_and_it_lies_in_the_band_as_its_caption_says(
+    store: ModelStore,
+) -> None:
+    figure = gradients_tab.Actions(store).gradient_norms(None, str(EXAMPLE), MODELS)
+    left = {t.name: list(t.y) for t in figure.data if t.xaxis == "x"}
+    x = to_mnist_format(EXAMPLE).unsqueeze(0)
+    for name in MODELS:
+        model = store.get(name).model
+        norms, layers = layer_gradient_norms(model, x), jacobian_spectra(model, x)
+        assert norms[-1].mean == pytest.approx(math.sqrt(2), rel=1e-5), "the margin's own norm is √2"
+        kept = [n.mean / norms[-1].mean for n in norms]
+        assert left[name] == pytest.approx(kept, rel=1e-6), name
+        for fraction, layer in zip(kept, layers, strict=True):
+            low, high = float(layer.singular_values.min()), float(layer.singular_values.max())
+            assert low - 1e-4 <= fraction <= high + 1e-4, f"{name} {layer.name}: {fraction} not in the band"
+        if name.startswith("bcop"):  # norm-preserving from the logits back to the last layer adding channels
+            last_adding = max(i for i, layer in enumerate(layers) if layer.adds_channels)
+            for layer in layers[last_adding + 1 :]:
+                assert torch.allclose(layer.singular_values, torch.ones(()), atol=1e-3), layer.name
+    for claim in (
+        "as a fraction of its norm at the logits (√2",
+        "lies in its band",
+        "keeps every value at 1",
+    ):
+        assert claim in gradients_tab.INTRO
+
+
+def test_the_orthogonality_caption_matches_the_shipped_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    from demo import orthogonality_tab
+
+    monkeypatch.delenv("BCOP_CHECKPOINTS", raising=False)
+    shipped = ModelStore("")
+    large = [n for n in shipped.names if n.endswith("-large-mnist")]
+    assert {n.split("-")[0] for n in large} >= {"bcop", "rko", "ossn", "svcm", "plain"}, shipped.names
+    for name in large:
+        spectra = [s.singular_values for s in shipped.get(name).spectra()]
+        family = name.split("-")[0]
+        if family == "bcop":  # "all 1"
+            assert all(torch.allclose(v, torch.ones(()), atol=1e-3) for v in spectra), name
+        elif family == "plain":  # "largest values well above 1, while its medians can lie below 1"
+            assert all(float(v.max()) > 1.5 for v in spectra), name
+            assert any(float(v.median()) < 1 for v in spectra), name
+        else:  # "their largest value is 1 (OSSN's up to 1% above), the rest spread below it"
+            assert all(0.99 <= float(v.max()) <= 1.01 for v in spectra), name
+            assert any(float(v.median()) < 0.99 for v in spectra), name
+    for claim in ("**BCOP**'s are all 1", "largest value is 1", "largest values lie well above 1"):
+        assert claim in orthogonality_tab.INTRO
+
+
+def test_the_wasserstein_status_gives_each_estimate_with_its_standard_error() -> None:
+    from demo.wasserstein_tab import _status
+
+    estimates = {"bcop-small-mnist": [Estimate(2.0093, 0.0121, 2.0093, 1.0, 500)]}
+    status = _status(EstimateSnapshot(300, 300, [300], estimates, 41.2))
+    assert "W1 ≥" not in status, "an estimate above the true W1 must not read as a bound"
+    assert "W1 estimate ± standard error: bcop-small-mnist 2.009 ± 0.012" in status
+
+
+def test_wasserstein_stop_ends_only_that_visitors_run_and_says_so() -> None:
+    from demo.wasserstein_tab import Actions
+
+    actions, me, other = Actions(), SimpleNamespace(session_hash="me"), SimpleNamespace(session_hash="other")
+    run = actions.estimate_wasserstein("gaussians", ["bcop-small-mnist"], 100, 8, 60, me)
+    assert next(run)[1].startswith("step 0/100")
+    actions.stop(other)
+    assert runs.STOPPED not in next(run)[1]
+    actions.stop(me)
+    _, status = next(run)
+    assert status.endswith(runs.STOPPED) and "step 20/100" in status
+    assert next(run, None) is None
+
+
+def test_a_visitor_waiting_for_a_run_is_told_how_long_it_has_left_at_most() -> None:
+    turns = runs.TakingTurns()
+    assert turns.waiting_note("a") == "Starting…" and turns.seconds_left() is None
+    with turns.running("a", budget_s=90) as stop:
+        note = turns.waiting_note("b")
+        left = int(re.search(r"at most (\d+) s left", note).group(1))
+        assert "Another visitor's run is in progress" in note and 85 <= left <= 90
+        assert turns.waiting_note("a") == "Starting…", "one's own run is not another visitor's"
+        assert not stop.is_set()
+    assert turns.seconds_left() is None
+    turns.stop("b")  # pressed while b's run still waits for its turn
+    with turns.running("b", budget_s=10) as stop:
+        assert stop.is_set(), "a Stop pressed while waiting counts when the run starts"
+    turns.stop("b")
+    turns.waiting_note("b")  # asking again forgets the earlier Stop
+    with turns.running("b", budget_s=10) as stop:
+        assert not stop.is_set()
+
+
+def test_the_default_wasserstein_run_ends_within_its_time_budget() -> None:
+    """Measured here, on one thread as the app runs it: the default steps and estimates,
+    extrapolated from 10 steps and 2 estimates, take less than the default time budget."""
+    from demo import wasserstein_tab as tab
+
+    torch.set_num_threads(1)
+    snapshots = train_side_by_side(
+        list(tab.DEFAULT_CRITICS), make_pair("translated"), 10, tab.DEFAULT_BATCH, report_every=10,
+        probe_size=tab.PROBE_SIZE,
+    )  # fmt: skip
+    first, last = list(snapshots)
+    per_estimate = first.seconds  # building the critics, then one estimate each
+    per_step = (last.seconds - 2 * per_estimate) / 10
+    expected = tab.DEFAULT_STEPS * per_step + (tab.REPORTS + 1) * per_estimate
+    assert expected < tab.DEFAULT_SECONDS, (
+        f"{tab.DEFAULT_STEPS} steps at {per_step:.3f} s and {tab.REPORTS + 1} estimates at "
+        f"{per_estimate:.2f} s: {expected:.0f} s, over the {tab.DEFAULT_SECONDS} s budget"
+    )
