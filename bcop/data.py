@@ -71,6 +71,7 @@ def unreadable_image_message(name: str, err: BaseException) -> str:
         return f"{name} is damaged or incomplete ({err}): upload the whole image file again"
     return f"could not read {name} as an image: upload a PNG, JPEG or GIF of a digit"
 
+
 ImageInput = Image.Image | np.ndarray | str | os.PathLike | dict
 SplitArrays = dict[str, tuple[np.ndarray, np.ndarray]]
 

@@ -43,7 +43,7 @@ INTRO = (
     "on the same batches; each estimate is on held-out samples and divided by the critic's "
     "exact Lipschitz bound, so it is a lower bound up to sampling error: read it as estimate ± "
     "standard error (the bars), which can reach a little above a known W1. Higher is tighter. "
-    "One run at a time: a visitor who asks while another's runs is told how long it has left."
+    "One run at a time: a visitor who asks during another visitor's run is told how long it has left."
 )
 
 

@@ -612,3 +612,19 @@ def test_the_default_wasserstein_run_ends_within_its_time_budget() -> None:
         f"{tab.DEFAULT_STEPS} steps at {per_step:.3f} s and {tab.REPORTS + 1} estimates at "
         f"{per_estimate:.2f} s: {expected:.0f} s, over the {tab.DEFAULT_SECONDS} s budget"
     )
+
+
+def test_the_library_and_the_api_word_an_unreadable_file_the_same_way(client: Client, tmp_path: Path) -> None:
+    svg = tmp_path / "digit.svg"
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="28" height="28"></svg>')
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(EXAMPLE.read_bytes()[:200])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    for path in [svg, truncated, text, Path(huge_png_header(tmp_path))]:
+        with pytest.raises(ValueError) as library:
+            to_mnist_format(path)
+        with pytest.raises(AppError) as api:
+            certify(client, str(path))
+        assert str(library.value).replace(str(path), path.name) == str(api.value), path.name
+        assert str(api.value).startswith((path.name, f"could not read {path.name}")), "it names the file"
