@@ -36,11 +36,11 @@ from PIL import Image
 
 import bcop.hub
 import demo.store
-from bcop.data import to_mnist_format
 from bcop.gradnorm import layer_gradient_norms
+from bcop.preprocess import to_mnist_format
 from bcop.report import ImageCertificate
 from bcop.spectra import jacobian_spectra
-from bcop.wasserstein import Estimate, EstimateSnapshot, make_pair, train_side_by_side
+from bcop.wasserstein import Estimate, EstimateSnapshot, make_pair, train_critics_side_by_side
 from demo import certify_tab, gradients_tab, models_tab, runs
 from demo.errors import validated
 from demo.inputs import NO_IMAGE_MESSAGE, UnreadableUpload
@@ -438,7 +438,7 @@ def test_models_come_from_the_hub_when_reachable_and_say_so(
         monkeypatch.setenv("BCOP_CHECKPOINTS", str(local))
         store = ModelStore("someone")
         offered = set(store.names)
-        assert set(bcop.hub.PRETRAINED_MODELS) <= offered, "a reachable Hub offers every shipped model"
+        assert set(bcop.list_models(pretrained=True)) <= offered, "a reachable Hub offers every shipped model"
         from_hub = store.get("bcop-small-mnist")
         with pytest.warns(UserWarning, match="could not download someone/plain-small-mnist"):
             fallback = store.get("plain-small-mnist")
@@ -600,7 +600,7 @@ def test_the_default_wasserstein_run_ends_within_its_time_budget() -> None:
     from demo import wasserstein_tab as tab
 
     torch.set_num_threads(1)
-    snapshots = train_side_by_side(
+    snapshots = train_critics_side_by_side(
         list(tab.DEFAULT_CRITICS), make_pair("translated"), 10, tab.DEFAULT_BATCH, report_every=10,
         probe_size=tab.PROBE_SIZE,
     )  # fmt: skip
