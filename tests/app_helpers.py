@@ -62,7 +62,8 @@ def served(root: Path, unreachable_hub_owner: str = "") -> Iterator[gr.Blocks]:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BCOP_CHECKPOINTS", str(root))
         mp.setenv("BCOP_HUB_REPO", unreachable_hub_owner)
-        mp.setattr(store, "hub_reachable", lambda: False)
+        if unreachable_hub_owner:
+            mp.setattr(store, "hub_reachable", lambda: False)
         torch.set_num_threads(1)
         demo = app.launch(host="127.0.0.1", port=free_port(), warm=False)
         try:
