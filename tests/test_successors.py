@@ -24,7 +24,15 @@ from bcop.certify import certify, layer_lipschitz_bounds, lipschitz_bound
 from bcop.data import load_mnist
 from bcop.gradnorm import layer_gradient_norms
 from bcop.hub import load_folder, save_model
-from bcop.kernels import exp_conv, exp_conv_kernel, exp_conv_transfer, pad_channels, skew_kernel
+from bcop.kernels import (
+    exp_conv,
+    exp_conv_kernel,
+    exp_conv_transfer,
+    pad_channels,
+    skew_kernel,
+    sll_residual,
+    sll_scale,
+)
 from bcop.layers import AOCConv2d, AOLConv2d, CayleyConv2d, SLLConv2d, SOCConv2d, frozen_weights
 from bcop.orthogonal import conv_singular_values, power_iteration
 from bcop.spectra import conv_spectra
@@ -162,6 +170,18 @@ def test_soc_frozen_operator_is_the_series_in_value_and_input_gradient_and_follo
             layer.parametrizations.weight.original.mul_(1.5)
             moved = exp_conv(pad_channels(x, 8), layer.weight, 12)[:, :3] + layer.bias[:, None, None]
             torch.testing.assert_close(layer(x), moved, atol=1e-5, rtol=0)
+
+
+def test_sll_frozen_scale_follows_the_weights() -> None:
+    """With frozen weights SLL computes T once; a changed weight must still give the output of
+    T computed afresh (float32, exact same operations)."""
+    layer = SLLConv2d(4, 4, 3).eval()
+    x = torch.rand(2, 4, 6, 6, generator=torch.Generator().manual_seed(6))
+    with torch.no_grad():
+        layer(x)
+        layer.weight.mul_(1.5)
+        fresh = sll_residual(x, layer.weight, layer.bias, sll_scale(layer.weight, layer.log_q))
+        torch.testing.assert_close(layer(x), fresh, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

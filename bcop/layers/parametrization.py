@@ -82,6 +82,22 @@ def _untraced(t: torch.Tensor) -> bool:
     return not torch._C._functorch.is_functorch_wrapped_tensor(t) and fwAD.unpack_dual(t).tangent is None
 
 
+def frozen_key(*tensors: torch.Tensor) -> tuple | None:
+    """A key that changes whenever one of ``tensors`` does, when no gradient with respect to
+    them can be needed (``torch.no_grad()``, or none requires grad) and no transform traces
+    them; else None: a value computed from them must then be recomputed, not cached.
+
+    The key holds each tensor's storage pointer, in-place version counter, dtype and device
+    (as :class:`CachedParametrization`'s), which every optimiser step, ``load_state_dict`` and
+    ``.to()`` change.
+    """
+    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
+        return None
+    if not all(map(_untraced, tensors)):
+        return None
+    return tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+
+
 class CachedParametrization(nn.Module):
     """A parametrization ``weight = self.compute(*originals)`` with a cross-call cache.
 

@@ -17,6 +17,7 @@ from torch import nn
 
 from bcop.kernels import pad_channels, sll_residual, sll_scale
 from bcop.layers.conv import LipschitzConv2d
+from bcop.layers.parametrization import frozen_key
 from bcop.orthogonal import as_pair, conv_spectral_norm
 
 __all__ = ["SLLConv2d"]
@@ -59,10 +60,22 @@ class SLLConv2d(LipschitzConv2d):
         if bias:
             self.bias = nn.Parameter(torch.empty(c).uniform_(-(fan_in**-0.5), fan_in**-0.5))
         self.log_q = nn.Parameter(torch.zeros(c))
+        self._scale_cache: tuple[tuple, torch.Tensor] | None = None
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        y = sll_residual(pad_channels(x, weight.shape[0]), weight, bias, sll_scale(weight, self.log_q))
+        y = sll_residual(pad_channels(x, weight.shape[0]), weight, bias, self._scale(weight))
         return y[:, : self.out_channels]
+
+    def _scale(self, weight: torch.Tensor) -> torch.Tensor:
+        """T's diagonal; with frozen weights (inference, certification, attacks) computed once
+        per weights instead of at every call (its Gram kernel costs c^3 k^2 (2k - 1)^2)."""
+        key = frozen_key(weight, self.log_q)
+        if key is None:
+            return sll_scale(weight, self.log_q)
+        if self._scale_cache is None or self._scale_cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                self._scale_cache = (key, sll_scale(weight, self.log_q))
+        return self._scale_cache[1]
 
     @torch.no_grad()
     def lipschitz_bound(self, input_shape: Sequence[int]) -> float:

@@ -17,7 +17,7 @@ from torch.nn.utils import parametrize
 
 from bcop.kernels import apply_transfer, exp_conv, exp_conv_transfer, pad_channels, skew_kernel
 from bcop.layers.conv import LipschitzConv2d
-from bcop.layers.parametrization import CachedParametrization, _untraced
+from bcop.layers.parametrization import CachedParametrization, frozen_key
 from bcop.orthogonal import as_pair, conv2d_same
 
 __all__ = ["SOCConv2d"]
@@ -137,19 +137,10 @@ class SOCConv2d(LipschitzConv2d):
     # on c channels. Training, and any gradient with respect to the weights, use the series.
     def _frozen_key(self, x: torch.Tensor) -> tuple | None:
         """The cache key of the frozen operator for input ``x``, or None when the series must run."""
-        raw = self.parametrizations.weight.original
-        if self.training or (torch.is_grad_enabled() and raw.requires_grad) or not _untraced(raw):
+        if self.training:
             return None
-        v = self.parametrizations.weight[0].v
-        return (
-            tuple(x.shape[-2:]),
-            x.dtype,
-            x.device,
-            raw.data_ptr(),
-            raw._version,
-            v.data_ptr(),
-            v._version,
-        )
+        weights = frozen_key(self.parametrizations.weight.original, self.parametrizations.weight[0].v)
+        return None if weights is None else (tuple(x.shape[-2:]), x.dtype, x.device, *weights)
 
     def _frozen_transfer(self, key: tuple, weight: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """(H, W, out, in) matrices of the eval-mode operator on ``size``, cached under ``key``."""
