@@ -123,7 +123,7 @@ def apply_transfer(x: torch.Tensor, transfer: torch.Tensor) -> torch.Tensor:
         (N, C_out, H, W).
     """
     size = (x.shape[-2], x.shape[-1])
-    half = transfer[:, : size[1] // 2 + 1].to(torch.fft.rfft2(x[:1, :1]).dtype)
+    half = transfer[:, : size[1] // 2 + 1].to(torch.promote_types(x.dtype, torch.complex64))
     return torch.fft.irfft2(torch.einsum("hwoi,nihw->nohw", half, torch.fft.rfft2(x)), s=size)
 
 
