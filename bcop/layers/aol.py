@@ -14,6 +14,7 @@ import torch
 from torch.nn.utils import parametrize
 
 from bcop.kernels import aol_scale
+from bcop.layers.aoc import AOCConv2d
 from bcop.layers.conv import LipschitzConv2d
 from bcop.layers.parametrization import CachedParametrization
 
@@ -33,8 +34,12 @@ class AOLKernel(CachedParametrization):
 class AOLConv2d(LipschitzConv2d):
     """AOL convolution: 1-Lipschitz by construction, any channel counts, kernel size and padding.
 
-    In the paper's Large MNIST network it takes each convolution as it stands (channel change
-    included, k = 2 after invertible downsampling), followed by MaxMin as in the AOL paper.
+    The raw kernel starts orthogonal (AOC's construction, as orthogonium initialises AOL), so
+    the rescaling starts as the identity and the layer orthogonal when out_channels >=
+    in_channels; a random kernel would start far below norm 1 (0.35 to 0.9 in the Large
+    network). In the paper's Large MNIST network it takes each convolution as it stands
+    (channel change included, k = 2 after invertible downsampling), followed by MaxMin as in
+    the AOL paper.
 
     Args:
         in_channels, out_channels: channel counts.
@@ -53,4 +58,6 @@ class AOLConv2d(LipschitzConv2d):
         padding_mode: str = "circular",
     ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, bias=bias, padding_mode=padding_mode)
+        with torch.no_grad():  # an orthogonal kernel, which AOL's rescaling leaves as it is
+            self.weight.copy_(AOCConv2d(in_channels, out_channels, kernel_size).weight)
         parametrize.register_parametrization(self, "weight", AOLKernel())
