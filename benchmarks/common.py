@@ -56,7 +56,7 @@ def start_app(
     env = {
         **os.environ,
         "BCOP_CHECKPOINTS": str(checkpoints),
-        "BCOP_HUB_REPO": "",
+        "BCOP_HUB_OWNER": "",
         "GRADIO_ANALYTICS_ENABLED": "False",
     }
     start = time.perf_counter()

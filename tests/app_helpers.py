@@ -58,7 +58,7 @@ def served(root: Path) -> Iterator[gr.Blocks]:
     """The app on 127.0.0.1 (a free port) serving the checkpoints in ``root``, Hub off."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BCOP_CHECKPOINTS", str(root))
-        mp.setenv("BCOP_HUB_REPO", "")
+        mp.setenv("BCOP_HUB_OWNER", "")
         torch.set_num_threads(1)
         demo = app.launch(host="127.0.0.1", port=free_port(), warm=False)
         try:

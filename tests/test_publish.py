@@ -177,7 +177,7 @@ def test_the_space_holds_the_app_the_runtime_requirements_and_the_fallback_model
 
 
 def test_the_space_variable_points_the_app_at_the_owner(published: Published) -> None:
-    assert published.server.variables[SPACE] == {"BCOP_HUB_REPO": OWNER}
+    assert published.server.variables[SPACE] == {"BCOP_HUB_OWNER": OWNER}
 
 
 def test_publishing_again_unchanged_uploads_and_commits_nothing(
@@ -305,7 +305,7 @@ def test_a_pip_installed_library_finds_the_models_on_the_hub(published: Publishe
             "PYTHONPATH": str(site),
             "HF_ENDPOINT": published.server.endpoint,
             "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
-            "BCOP_HUB_REPO": OWNER,
+            "BCOP_HUB_OWNER": OWNER,
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         }
     )
