@@ -69,6 +69,7 @@ __all__ = [
     "hub_owner",
     "hub_timeout",
     "hub_reachable",
+    "call_hub",
     "checkpoints_dir",
     "local_checkpoints",
     "save_folder",
@@ -204,6 +205,12 @@ def _with_deadline(call: Callable[[_Liveness], T], deadline: float, what: str) -
     if not ok:
         raise value
     return value
+
+
+def call_hub(call: Callable[[], T], what: str) -> T:
+    """``call()``, a request to the Hub, given up after :func:`hub_timeout` seconds without an
+    answer (:class:`HubTimeoutError`, naming ``what`` was being done)."""
+    return _with_deadline(lambda alive: call(), hub_timeout(), what)
 
 
 def hub_reachable(timeout: float | None = None) -> bool:

@@ -30,7 +30,8 @@ Uploads
 * ``POST /api/{type}s/{repo_id}/commit/{revision}`` (ndjson): applies ``file``, ``lfsFile`` and
   ``deletedFile`` operations; like the Hub, it rejects binary content committed as a regular file and an
   ``lfsFile`` whose content was not uploaded;
-* ``POST /api/spaces/{repo_id}/variables``: stores a Space variable.
+* ``POST /api/spaces/{repo_id}/variables``: stores a Space variable;
+* ``GET /api/whoami-v2``: :attr:`FakeHub.user` when the request carries a token, else 401.
 
 Faults (:attr:`FakeHub.fault`), for every request but the root ``/`` (which a reachability
 probe asks): ``"hang"`` accepts and never answers (until the server closes), ``"drop"`` closes
@@ -119,6 +120,7 @@ class FakeHub:
             ``"file"``, ``"lfsFile"`` or ``"deletedFile"``.
         fault: None, ``"hang"``, ``"drop"``, ``"slow"`` or ``"trickle"`` (module docstring).
         delay_s: the delay of ``"slow"`` answers and between ``"trickle"`` pieces.
+        user: the name ``whoami`` answers for any token (None: every token is refused).
     """
 
     def __init__(self) -> None:
@@ -132,6 +134,7 @@ class FakeHub:
         self.requests: list[str] = []
         self.authorizations: list[str | None] = []
         self.commits: list[tuple[str, str, dict[str, str]]] = []
+        self.user: str | None = "owner"
         self.fault: str | None = None
         self.delay_s = 0.0
         self._closing = threading.Event()
@@ -191,6 +194,10 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
             self._record()
             if self._faulted():
                 return
+            if self.path == "/api/whoami-v2":
+                if self.headers.get("Authorization") is None or hub.user is None:
+                    return self._json(401, {"error": "Invalid credentials in Authorization header"})
+                return self._json(200, {"type": "user", "name": hub.user, "orgs": []})
             parts = self.path.split("?")[0].split("/")
             if len(parts) == 7 and parts[1] == "api" and parts[5] in ("revision", "tree"):
                 repo_type, repo_id = parts[2].removesuffix("s"), f"{parts[3]}/{parts[4]}"
