@@ -237,14 +237,16 @@ def test_hub_download_is_cached_verified_and_gives_equal_outputs(
     assert torch.equal(_logits(again.model), saved.logits)
 
 
-def test_registry_name_with_hub_namespace_downloads_from_the_hub(
+def test_registry_name_downloads_from_the_owner_in_bcop_hub_owner_or_the_owner_keyword(
     saved: Saved, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _publish(fake_hub, saved.folder)
     monkeypatch.setenv("BCOP_HUB_OWNER", "owner")
     result = hub.load_model(NAME)
-    assert (result.source, result.repo_id) == ("hub", REPO)
+    assert (result.source, result.repo_id, result.commit) == ("hub", REPO, fake_hub.commit(REPO))
     assert torch.equal(_logits(result.model), saved.logits)
+    monkeypatch.setenv("BCOP_HUB_OWNER", "")
+    assert hub.load_model(NAME, owner="owner").repo_id == REPO
 
 
 def test_hub_revision_pins_the_commit(saved: Saved, fake_hub: FakeHub) -> None:
@@ -341,7 +343,7 @@ def test_a_file_on_the_hub_is_what_huggingface_hub_returns(saved: Saved, fake_hu
 # --- the Hub owner, the shipped models ------------------------------------------------------
 
 
-def test_hub_owner_is_the_constant_unless_bcop_hub_repo_says_otherwise(
+def test_hub_owner_is_the_constant_unless_bcop_hub_owner_says_otherwise(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert hub.hub_owner() == hub.HUB_OWNER == "bcop-lipschitz"
