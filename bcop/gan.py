@@ -319,6 +319,17 @@ def _training_seconds(metrics: list[dict[str, Any]]) -> float:
     return total + last
 
 
+_CARD_DATA = ModelCardData(
+    model_name=GENERATOR_NAME,
+    library_name=LIBRARY_NAME,
+    pipeline_tag="unconditional-image-generation",
+    license="mit",
+    datasets=[HUB_DATASETS["mnist"][0]],
+    tags=["wgan-gp", "mnist", "wasserstein"],
+)
+"""The generator card's metadata, which the Hub indexes."""
+
+
 def _card(cfg: dict[str, Any], step: int, seconds: float, quality: dict[str, Any]) -> str:
     """The generator's model card: metadata the Hub indexes (built with ``ModelCardData``, as
     the classifiers' in :mod:`bcop.cards`), then training, quality and use."""
@@ -327,18 +338,10 @@ def _card(cfg: dict[str, Any], step: int, seconds: float, quality: dict[str, Any
         f"--steps {step} --width {cfg['width']} --latent-dim {cfg['latent_dim']} --seed {cfg['seed']}"
     )
     hist = " | ".join(f"{100 * v:.1f}" for v in quality["class_share"])
-    data = ModelCardData(
-        model_name=GENERATOR_NAME,
-        library_name=LIBRARY_NAME,
-        pipeline_tag="unconditional-image-generation",
-        license="mit",
-        datasets=[HUB_DATASETS["mnist"][0]],
-        tags=["wgan-gp", "mnist", "wasserstein"],
-    )
     return str(
         ModelCard(
             f"""---
-{data.to_yaml()}
+{_CARD_DATA.to_yaml()}
 ---
 
 # wgan-gp-mnist
