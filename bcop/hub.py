@@ -50,8 +50,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from bcop.deprecation import warn_renamed
-from bcop.models import MODEL_NAMES, LipschitzNet, ModelConfig, build_model
+from bcop.deprecation import deprecated_names, warn_renamed
+from bcop.models import LipschitzNet, ModelConfig, list_models
 
 __all__ = [
     "CONFIG_FILE",
@@ -62,7 +62,6 @@ __all__ = [
     "SPACE_NAME",
     "GENERATOR_KIND",
     "DEFAULT_TIMEOUT_S",
-    "PRETRAINED_MODELS",
     "CorruptDownloadError",
     "HubTimeoutError",
     "LoadedModel",
@@ -78,7 +77,6 @@ __all__ = [
     "fetch_folder",
     "fetch_file",
     "load_folder",
-    "push_to_hub",
 ]
 
 CONFIG_FILE = "config.json"
@@ -98,15 +96,6 @@ _OLD_OWNER_ENV = "BCOP_HUB_REPO"  # deprecated in 0.3.0: it names an owner, not 
 DEFAULT_TIMEOUT_S = 5.0
 """Seconds a Hub call may go without an answer or progress (Note [A deadline on every Hub call])."""
 
-PRETRAINED_MODELS: tuple[str, ...] = (
-    "bcop-large-mnist",
-    "rko-large-mnist",
-    "ossn-large-mnist",
-    "svcm-large-mnist",
-    "bcop-small-mnist",
-    "plain-large-mnist",
-)
-"""The shipped classifiers: folders of ``checkpoints/`` and repos under :func:`hub_owner`."""
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _reachable: dict[str, bool] = {}  # Hub endpoint -> reachable (Note [A deadline on every Hub call])
@@ -133,7 +122,8 @@ class LoadedModel:
         location: the folder it was read from (for the Hub: the cache snapshot of one commit).
         repo_id: the Hub repo id when downloaded, else None.
         card: the model card text ("" when there is none).
-        commit: the Hub commit the files were read from, else None.
+        commit: the Hub commit the files were read from (all of them: see :func:`_download`),
+            else None.
     """
 
     model: LipschitzNet
@@ -333,7 +323,7 @@ def load_folder(folder: str | Path, expected_name: str | None = None) -> tuple[L
             raise FileNotFoundError(f"{folder} has no {name}: not a bcop model folder")
     config = _read_config(folder / CONFIG_FILE, expected_name)
     state = _read_weights(folder / WEIGHTS_FILE, expected_name)
-    model = build_model(config)
+    model = LipschitzNet(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -596,7 +586,7 @@ def _owner_argument(owner: str | None, hub_namespace: str | None) -> str | None:
 def fetch_folder(
     name_or_repo_or_path: str | Path,
     *,
-    known: Sequence[str] = MODEL_NAMES,
+    known: Sequence[str] = tuple(list_models()),
     revision: str | None = None,
     local_files_only: bool = False,
     owner: str | None = None,
@@ -688,9 +678,9 @@ def load_model(
     """
     download = {"cache_dir": cache_dir, "token": token, "force_download": force_download}
     owner = _owner_argument(owner, hub_namespace)
-    fetched = _fetch(name_or_repo_or_path, MODEL_NAMES, revision, local_files_only, owner, download)
+    fetched = _fetch(name_or_repo_or_path, list_models(), revision, local_files_only, owner, download)
     name = str(name_or_repo_or_path).rsplit("/", 1)[-1]
-    asked_by_name = not Path(str(name_or_repo_or_path)).is_dir() and name in MODEL_NAMES
+    asked_by_name = not Path(str(name_or_repo_or_path)).is_dir() and name in list_models()
     try:
         model, card = load_folder(fetched.folder, name if asked_by_name else None)
     except ValueError as err:
@@ -758,9 +748,7 @@ def _download_or_explain(
         return None
 
 
-def push_to_hub(folder: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
-    """Upload a model folder to a Hub model repo (created if needed) in one commit; returns the
-    repo URL. :mod:`bcop.publish` publishes every shipped model and the Space at once."""
-    from bcop.publish import publish_model
-
-    return publish_model(folder, repo_id, token=token, private=private)
+_PRETRAINED = tuple(list_models(pretrained=True))
+__getattr__ = deprecated_names(
+    __name__, {"PRETRAINED_MODELS": ("bcop.list_models(pretrained=True)", _PRETRAINED)}
+)

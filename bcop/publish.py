@@ -6,7 +6,7 @@ It first asks the Hub who the token belongs to, under the Hub deadline, and stop
 saying what to do when there is no token, the Hub cannot be reached or offline mode is on.
 
 Each model folder of ``checkpoints/`` becomes the model repo ``OWNER/NAME``: the classifiers of
-:data:`bcop.hub.PRETRAINED_MODELS` and, as their own kind with their own card, any generator
+:func:`bcop.list_models` ``(pretrained=True)`` and, as their own kind with their own card, any generator
 (``"kind": "generator"`` in its config). Then the Space ``OWNER/NAME`` (default ``bcop``)
 receives the app (``app.py``, ``demo/``, ``bcop/``, ``examples/``), what ``pip`` needs to
 install the library from it (``pyproject.toml``, ``MANIFEST.in``, ``docs/pypi.md``), the
@@ -37,13 +37,13 @@ from bcop.hub import (
     GENERATOR_KIND,
     HUB_OWNER,
     OWNER_ENV,
-    PRETRAINED_MODELS,
     SPACE_NAME,
     call_hub,
     checkpoints_dir,
     hub_owner,
     load_folder,
 )
+from bcop.models import list_models
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -110,23 +110,23 @@ def _kind(folder: Path) -> str:
 
 
 def model_folders(root: Path | None = None) -> list[Path]:
-    """The folders to publish: every classifier of PRETRAINED_MODELS, then the generators.
+    """The folders to publish: every classifier of ``list_models(pretrained=True)``, then the generators.
 
     Raises:
         FileNotFoundError: a shipped classifier is missing.
         ValueError: a shipped classifier does not load under its name.
     """
     root = checkpoints_dir() if root is None else root
-    missing = [name for name in PRETRAINED_MODELS if not (root / name / CONFIG_FILE).is_file()]
+    missing = [name for name in list_models(pretrained=True) if not (root / name / CONFIG_FILE).is_file()]
     if missing:
         names = ", ".join(missing)
         raise FileNotFoundError(f"{root} lacks the shipped models {names}; restore checkpoints/ first")
-    for name in PRETRAINED_MODELS:
+    for name in list_models(pretrained=True):
         load_folder(root / name, expected_name=name)  # refuse to publish what would not load
     generators = sorted(
         p for p in root.iterdir() if (p / CONFIG_FILE).is_file() and _kind(p) == GENERATOR_KIND
     )
-    return [root / name for name in PRETRAINED_MODELS] + generators
+    return [root / name for name in list_models(pretrained=True)] + generators
 
 
 def model_uploads(owner: str, folders: Sequence[Path]) -> list[Upload]:
@@ -134,14 +134,15 @@ def model_uploads(owner: str, folders: Sequence[Path]) -> list[Upload]:
     return [Upload(f"{owner}/{folder.name}", "model", _folder_files(folder, "", owner)) for folder in folders]
 
 
-def space_header(readme: str, owner: str, names: Sequence[str] = PRETRAINED_MODELS) -> str:
-    """The README with its Space header naming the model repos ``owner/NAME`` of ``names`` (the
-    classifiers, then the generators: ``models`` and ``preload_from_hub``, which downloads them
-    into the Space's Hub cache at build time)."""
+def space_header(readme: str, owner: str, names: Sequence[str] | None = None) -> str:
+    """The README with its Space header naming the model repos ``owner/NAME`` of ``names``
+    (default: the pretrained classifiers; publishing passes them and the generators) under
+    ``models`` and ``preload_from_hub``, which downloads them into the Space's Hub cache at
+    build time."""
     from huggingface_hub import SpaceCard
 
     card = SpaceCard(_for_owner(readme, owner))
-    repos = [f"{owner}/{name}" for name in names]
+    repos = [f"{owner}/{name}" for name in (list_models(pretrained=True) if names is None else names)]
     card.data.models = repos
     card.data.preload_from_hub = [f"{repo} {','.join(PRELOADED_FILES)}" for repo in repos]
     return str(card)

@@ -15,9 +15,9 @@ import torch
 
 from bcop.data import load_dataset
 from bcop.gradnorm import layer_gradient_norms
-from bcop.live import TrainingSnapshot, train_side_by_side
+from bcop.live import TrainingSnapshot, train_classifiers_side_by_side
+from bcop.losses import TRAINING_LOSSES
 from bcop.spectra import jacobian_spectra
-from bcop.train import LOSSES
 from demo import figures
 from demo.certify_tab import FAST, PRIVATE, CertifyTab
 from demo.errors import friendly, validated
@@ -84,8 +84,8 @@ def _check_training(models: Sequence[str], steps: Any, batch_size: Any, loss: An
         raise ValueError(f"steps must be a whole number between 1 and {MAX_TRAIN_STEPS}, got {steps!r}")
     if not (isinstance(batch_size, int | float) and MIN_BATCH <= batch_size <= MAX_BATCH):
         raise ValueError(f"batch size must be between {MIN_BATCH} and {MAX_BATCH}, got {batch_size!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss not in TRAINING_LOSSES:
+        raise ValueError(f"loss must be one of {TRAINING_LOSSES}, got {loss!r}")
     return [n for n in LIVE_MODELS if n in names]
 
 
@@ -150,7 +150,7 @@ class Actions:
                 "load_dataset('mnist', 'train')\")."
             ) from err
         steps = int(steps)
-        runs = train_side_by_side(
+        runs = train_classifiers_side_by_side(
             names,
             images,
             labels,
@@ -195,7 +195,7 @@ def _live_section() -> tuple[gr.CheckboxGroup, gr.Slider, gr.Slider, gr.Radio, g
             batch = validated(
                 gr.Slider(MIN_BATCH, MAX_BATCH, value=DEFAULT_BATCH, step=8, label="Batch size")
             )
-            loss = validated(gr.Radio(list(LOSSES), value="hinge", label="Loss (same for all)"))
+            loss = validated(gr.Radio(list(TRAINING_LOSSES), value="hinge", label="Loss (same for all)"))
     with gr.Row():
         train_btn = gr.Button("Train", variant="primary")
         stop_btn = gr.Button("Stop")

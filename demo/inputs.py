@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bcop.data import BLANK_MESSAGE, to_mnist_format
+from bcop.preprocess import BLANK_MESSAGE, to_mnist_format
 
 PREVIEW_DIR = Path(tempfile.gettempdir()) / "bcop-app" / "inputs"
 NO_IMAGE_MESSAGE = "no image yet: draw a digit, upload an image or pick an example"

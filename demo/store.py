@@ -19,7 +19,6 @@ import torch
 from bcop.certify import lipschitz_bound
 from bcop.hub import (
     EVAL_RESULTS_FILE,
-    PRETRAINED_MODELS,
     LoadedModel,
     checkpoints_dir,
     fetch_file,
@@ -28,7 +27,7 @@ from bcop.hub import (
     load_model,
     local_checkpoints,
 )
-from bcop.models import MODEL_NAMES, parse_model_name
+from bcop.models import list_models, parse_model_name
 from bcop.results import read_results
 from bcop.spectra import LayerSpectrum, conv_spectra
 
@@ -99,9 +98,10 @@ class ModelStore:
         self._lock = threading.Lock()  # guards _loads only, never held across a load
 
     def _available(self) -> list[str]:
-        found = set(local_checkpoints()) | (set(PRETRAINED_MODELS) if self.use_hub else set())
-        mnist = {n for n in found if n in MODEL_NAMES and parse_model_name(n).dataset == "mnist"}
-        return [n for n in PRETRAINED_MODELS if n in mnist] + sorted(mnist - set(PRETRAINED_MODELS))
+        pretrained = list_models(pretrained=True)
+        found = set(local_checkpoints()) | (set(pretrained) if self.use_hub else set())
+        mnist = {n for n in found if n in list_models() and parse_model_name(n).dataset == "mnist"}
+        return [n for n in pretrained if n in mnist] + sorted(mnist - set(pretrained))
 
     def defaults(self) -> list[str]:
         chosen = [n for n in DEFAULT_MODELS if n in self.names]

@@ -1,7 +1,7 @@
 """The "Wasserstein distance" tab: Lipschitz critics trained live, side by side, each estimate of
 W1 drawn against steps (with the true value where it is known).
 
-The computation is :func:`bcop.wasserstein.train_side_by_side`; this module only lays out the
+The computation is :func:`bcop.wasserstein.train_critics_side_by_side`; this module only lays out the
 widgets, checks the user's choices and draws the figure.
 """
 
@@ -12,13 +12,13 @@ from collections.abc import Iterator, Sequence
 import gradio as gr
 import plotly.graph_objects as go
 
-from bcop.models import MODEL_NAMES
-from bcop.wasserstein import PAIRS, make_pair, train_side_by_side
+from bcop.models import list_models
+from bcop.wasserstein import PAIRS, make_pair, train_critics_side_by_side
 from demo import figures
 
 __all__ = ["LIVE_CRITICS", "create_tab", "estimate_wasserstein"]
 
-LIVE_CRITICS = tuple(n for n in MODEL_NAMES if n.split("-")[1:3] == ["small", "mnist"])
+LIVE_CRITICS = tuple(n for n in list_models() if n.split("-")[1:3] == ["small", "mnist"])
 DEFAULT_CRITICS = ("bcop-small-mnist", "rko-small-mnist", "ossn-small-mnist", "svcm-small-mnist")
 PAIR_LABELS = {
     "translated": "MNIST vs MNIST shifted by an image δ (W1 = ‖δ‖₂ known)",
@@ -65,7 +65,7 @@ def estimate_wasserstein(
     except (FileNotFoundError, ValueError) as err:
         raise gr.Error(f"the pair {pair!r} is not available: {err}") from err
     steps = int(steps)
-    runs = train_side_by_side(
+    runs = train_critics_side_by_side(
         names,
         distributions,
         steps,

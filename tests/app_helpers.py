@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 
 import app
+from bcop import create_model
 from bcop.hub import EVAL_RESULTS_FILE, save_model
-from bcop.models import create_model
 from benchmarks.common import free_port
 
 MODELS = ["bcop-small-mnist", "plain-small-mnist", "rko-small-mnist"]

@@ -35,7 +35,7 @@ from PIL import Image
 
 import bcop.hub
 import demo.store
-from bcop.data import to_mnist_format
+from bcop.preprocess import to_mnist_format
 from bcop.report import ImageCertificate
 from demo import certify_tab, gradients_tab, models_tab
 from demo.errors import validated
@@ -415,7 +415,7 @@ def test_models_come_from_the_hub_when_reachable_and_say_so(
         monkeypatch.setenv("BCOP_CHECKPOINTS", str(local))
         store = ModelStore("someone")
         offered = set(store.names)
-        assert set(bcop.hub.PRETRAINED_MODELS) <= offered, "a reachable Hub offers every shipped model"
+        assert set(bcop.list_models(pretrained=True)) <= offered, "a reachable Hub offers every shipped model"
         from_hub = store.get("bcop-small-mnist")
         with pytest.warns(UserWarning, match="could not download someone/plain-small-mnist"):
             fallback = store.get("plain-small-mnist")

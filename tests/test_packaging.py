@@ -17,7 +17,8 @@ import pytest
 from huggingface_hub import SpaceCard
 from packaging.requirements import Requirement
 
-from bcop.hub import GENERATOR_KIND, HUB_OWNER, PRETRAINED_MODELS
+from bcop import list_models
+from bcop.hub import GENERATOR_KIND, HUB_OWNER
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -100,7 +101,7 @@ def test_the_space_header_is_what_the_hub_needs() -> None:
         if json.loads(p.read_text()).get("kind") == GENERATOR_KIND
     )
     assert generators == ["wgan-gp-mnist"]
-    repos = [f"{HUB_OWNER}/{name}" for name in [*PRETRAINED_MODELS, *generators]]
+    repos = [f"{HUB_OWNER}/{name}" for name in [*list_models(pretrained=True), *generators]]
     assert data.python_version == "3.11"
     assert data.sdk == "gradio" and data.sdk_version == _pins(ROOT / "requirements.txt")["gradio"]
     assert (ROOT / data.app_file).is_file()
