@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-__all__ = ["BLANK_MESSAGE", "ImageInput", "MAX_SIDE", "to_mnist_format"]
+__all__ = ["BLANK_MESSAGE", "ImageInput", "MAX_SIDE", "to_mnist_format", "unreadable_image_message"]
 
 MNIST_SIZE = 28  # the canvas's side
 MNIST_BOX = 20  # the side the digit's longer extent is fitted to
@@ -23,6 +23,19 @@ MAX_SIDE = 1024  # larger images are downscaled first
 INK_THRESHOLD = 0.1  # a pixel above this (in [0, 1], background 0) is ink
 MIN_CONTRAST = 0.1  # brightest ink minus background below this: a blank image
 BLANK_MESSAGE = "the image is blank: draw or upload a digit"
+
+
+def unreadable_image_message(name: str, err: BaseException) -> str:
+    """What to tell someone whose image file ``name`` could not be read (``err`` is why): the
+    one wording for the library, the demo's page and its API."""
+    if Path(name).suffix.lower() == ".svg":
+        return f"{name} is a vector (SVG) image: export it as a PNG and upload that"
+    if isinstance(err, Image.DecompressionBombError):
+        return f"{name} is too large to open safely: scale it down (a digit needs at most 1000×1000 pixels)"
+    if isinstance(err, OSError) and not isinstance(err, UnidentifiedImageError):
+        return f"{name} is damaged or incomplete ({err}): upload the whole image file again"
+    return f"could not read {name} as an image: upload a PNG, JPEG or GIF of a digit"
+
 
 ImageInput = Image.Image | np.ndarray | str | os.PathLike | dict
 
@@ -77,7 +90,7 @@ def _backdrop(rgba: Image.Image) -> tuple[int, int, int, int]:
     return (0, 0, 0, 255) if light else (255, 255, 255, 255)
 
 
-def _pil_to_gray(image: Image.Image) -> np.ndarray:
+def _pil_to_gray(image: Image.Image, name: str = "the image") -> np.ndarray:
     """PIL image -> (H, W) float64 in [0, 1], longer side at most MAX_SIDE, transparency
     composited onto white (onto black for light ink, see _backdrop). Animated images use frame 0."""
     if getattr(image, "is_animated", False):
@@ -94,22 +107,18 @@ def _pil_to_gray(image: Image.Image) -> np.ndarray:
             image = Image.alpha_composite(Image.new("RGBA", image.size, _backdrop(image)), image)
         image = _shrink(image.convert("L"))
     except OSError as err:
-        raise ValueError(f"the image file is damaged or truncated: {err}") from err
+        raise ValueError(unreadable_image_message(name, err)) from err
     return np.asarray(image, dtype=np.float64) / 255.0
 
 
 def _file_to_gray(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as image:
-            return _pil_to_gray(image)
+            return _pil_to_gray(image, str(path))
     except FileNotFoundError as err:
         raise ValueError(f"no such file: {path}") from err
-    except Image.DecompressionBombError as err:
-        raise ValueError(f"the image {path} is too large to open safely ({err}); downscale it first") from err
-    except UnidentifiedImageError as err:
-        raise ValueError(f"not an image file: {path}") from err
-    except OSError as err:
-        raise ValueError(f"not an image file: {path} ({err})") from err
+    except (Image.DecompressionBombError, OSError) as err:
+        raise ValueError(unreadable_image_message(str(path), err)) from err
 
 
 def _to_gray(image: ImageInput) -> np.ndarray:
