@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import threading
 import time
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,9 +23,10 @@ from tests.fakehub import FakeHub, point_client_at, within
 APP_GUARD_S = 60.0  # the benchmark's target is 20 s on an idle machine; a guard on loaded cores
 
 
-def test_a_loaded_model_is_served_while_another_models_download_hangs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def hub_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[FakeHub, ModelStore]]:
+    """A fake Hub holding two small models of ``owner`` (the first with evaluation results), the
+    same models embedded, and a store of that owner's models."""
     snapshot = make_checkpoints(tmp_path / "hub", MODELS[:2])
     server = FakeHub()
     for name in MODELS[:2]:
@@ -32,7 +35,14 @@ def test_a_loaded_model_is_served_while_another_models_download_hangs(
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setattr(bcop.hub, "_reachable", {})
     monkeypatch.setenv("BCOP_CHECKPOINTS", str(make_checkpoints(tmp_path / "checkpoints", MODELS[:2])))
-    store = ModelStore("owner")
+    yield server, ModelStore("owner")
+    server.close()
+
+
+def test_a_loaded_model_is_served_while_another_models_download_hangs(
+    hub_store: tuple[FakeHub, ModelStore],
+) -> None:
+    server, store = hub_store
     assert store.get(MODELS[0]).loaded.source == "hub"
     server.fault = "hang"
     first_request: list[object] = []
@@ -49,7 +59,21 @@ def test_a_loaded_model_is_served_while_another_models_download_hangs(
     slow.join(1.0)
     assert second.loaded.source == "local"
     assert first_request == [second], "one load serves both requests"
-    server.close()
+
+
+def test_a_hub_models_evaluation_results_are_fetched_within_the_deadline(
+    hub_store: tuple[FakeHub, ModelStore],
+) -> None:
+    server, store = hub_store
+    served = store.get(MODELS[0])
+    assert served.loaded.source == "hub" and "eval_results.json" in server.repos[f"owner/{MODELS[0]}"]
+    server.fault = "hang"  # after the load: the results file is asked for later, when shown
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        results = within(3 * bcop.hub.hub_timeout(), served.results)
+    assert results is None and len(caught) == 1 and bcop.hub.hub_reachable() is False
+    server.fault = None
+    assert served.results() is None, "not asked again: the Hub is unreachable for the process"
 
 
 @pytest.mark.slow
