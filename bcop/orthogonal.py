@@ -5,6 +5,8 @@ Everything here is a function of tensors: no modules, no state.
 * :func:`bjorck` -- Björck-Bowie orthonormalisation, the iteration the paper uses.
 * :func:`polar` -- the exact orthogonal polar factor (the limit of Björck's iteration) with a
   numerically stable backward pass; what the layers use by default because it is faster.
+* :func:`gram_inverse_sqrt` -- the small factor ``A`` of ``polar(W) = W A``, which a dense layer
+  applies to ``W x`` instead of forming the polar factor.
 * :func:`orthonormalize` -- one entry point that dispatches between the two.
 * :func:`conv_singular_values` -- exact singular values of a 2-D circular convolution
   (Sedghi, Gupta and Long, 2019).
@@ -26,6 +28,9 @@ import torch.nn.functional as F
 __all__ = [
     "bjorck",
     "polar",
+    "gram_inverse_sqrt",
+    "newton_schulz_step",
+    "FLOAT32_GRAM_MAX_COND",
     "orthonormalize",
     "ORTHO_METHODS",
     "spectral_norm_upper_bound",
@@ -106,89 +111,122 @@ def bjorck(w: torch.Tensor, iters: int = 20, order: int = 1, scale: bool = True)
     return w.mT if transposed else w
 
 
-# Note [Polar factor derivatives]
-# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-# For a tall full-rank W with S = (W^T W)^{1/2} and Q = W S^{-1}, differentiating W = Q S with
-# Q^T Q = I gives, for a tangent dW and M = Q^T dW,
+# Note [Inverse square root derivatives]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# The polar factor of a tall full-rank W is Q = W A with A = G^{-1/2}, G = W^T W. A is a spectral
+# function of G: with G = V diag(l) V^T and f(l) = l^{-1/2}, the Daleckii-Krein formula gives its
+# derivative along a tangent dG as
 #
-#     dQ = (dW - Q M) S^{-1} + Q Omega,   where   S Omega + Omega S = M - M^T,
+#     dA = V [(V^T dG V) o F] V^T,   F_ij = (f(l_i) - f(l_j)) / (l_i - l_j) = -1 / (s_i s_j (s_i + s_j)),
 #
-# so Omega (skew-symmetric) is the rotation of Q within its own column space. The reverse-mode
-# formula is the adjoint of this map: for an upstream gradient G, with m = Q^T G and
-# S Y + Y S = m, dL/dW = Q (Y - Y^T) + (G - Q m) S^{-1}. In the eigenbasis of S both Sylvester
-# equations divide by s_i + s_j > 0, so unlike autograd through ``eigh`` (which divides by
-# s_i - s_j) they stay finite when singular values coincide -- exactly the case of a nearly
-# orthogonal matrix, where every trained layer lives.
+# with s = sqrt(l) (on the diagonal, F_ii = f'(l_i) = -1 / (2 s_i^3), the same expression). The
+# reverse-mode formula is the same map applied to the upstream gradient (F is symmetric), and
+# dG = dW^T W + W^T dW turns a gradient Gbar with respect to G into W (Gbar + Gbar^T). Every entry
+# of F divides by s_i + s_j > 0 only, so unlike autograd through ``eigh`` (which divides by
+# l_i - l_j) the derivatives stay finite when singular values coincide -- exactly the case of a
+# nearly orthogonal matrix, where every trained layer lives. The products W A and everything
+# around them are ordinary autograd operations, so a layer may apply A to ``W x`` instead of
+# forming Q (see :class:`bcop.layers.linear.BjorckLinear`) and still get the exact gradient.
 
 
-def _sylvester(rhs: torch.Tensor, s: torch.Tensor, evecs: torch.Tensor) -> torch.Tensor:
-    """Solve ``S X + X S = rhs`` for ``S = evecs diag(s) evecs^T`` (s > 0)."""
-    rhs_eig = evecs.mT @ rhs @ evecs
-    return evecs @ (rhs_eig / (s.unsqueeze(-1) + s.unsqueeze(-2))) @ evecs.mT
+def _daleckii_krein(tangent: torch.Tensor, s: torch.Tensor, evecs: torch.Tensor) -> torch.Tensor:
+    """``V [(V^T T V) o F] V^T`` with ``F_ij = -1 / (s_i s_j (s_i + s_j))`` (Note [Inverse square
+    root derivatives]): the derivative of ``G^{-1/2}`` along ``T`` and its adjoint."""
+    si, sj = s.unsqueeze(-1), s.unsqueeze(-2)
+    return evecs @ ((evecs.mT @ tangent @ evecs) / (-si * sj * (si + sj))) @ evecs.mT
 
 
-class _Polar(torch.autograd.Function):
-    """Orthogonal polar factor ``Q = W (W^T W)^{-1/2}`` of tall full-rank matrices.
+# Note [Orthonormal in float32 while training]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# A training step builds every weight in float32, and what it trains with must be orthonormal
+# (max |sigma - 1| <= 1e-4) even for raw matrices of condition number 1e4. Three errors stand in
+# the way, and each has its own cure:
+#
+# * float32 ``eigh`` is accurate to about u n ||G|| in each eigenvalue (u = 6e-8), so the small
+#   eigenvalues of G = W^T W carry a relative error near u n cond(W)^2: already 1.5e-4 in the
+#   factor at cond(W) = 30, where trained dense layers sit. The eigendecomposition is therefore
+#   always computed in float64 (of a float32 Gram matrix: 7e-6 at cond 30).
+# * the float32 Gram matrix itself has entries off by about u ||G||, an error of about
+#   0.1 u cond(W)^2 in the factor: fine up to cond(W) = FLOAT32_GRAM_MAX_COND, beyond which the
+#   Gram matrix is formed again in float64 (the eigenvalues of the first one tell).
+# * the float32 product W A, with A = G^{-1/2} of condition number cond(W), rounds to about
+#   u cond(W) (7e-5 at 1e4). One Newton-Schulz step Q <- Q + Q (I - Q^T Q) / 2 then squares the
+#   error of the (now well-conditioned) Q to float32 rounding; its derivative at an orthonormal Q
+#   is the projection onto the tangent space, which leaves the polar factor's derivative as it is.
+#
+# Under torch.func transforms or compilation the check on the eigenvalues cannot run, and the
+# float64 Gram matrix is always used. Eval mode (``precise=True``) forms the Gram matrix in
+# float64 from the start and skips the Newton-Schulz step: the weights that inference,
+# certification and the shipped results use are computed exactly as they always were.
 
-    Forward returns ``Q`` and, as non-differentiable outputs, what both derivatives reuse: the
-    singular values ``s`` of ``W``, the eigenvectors of ``W^T W`` and ``S^{-1}``. Backward and
-    jvp are the closed forms of Note [Polar factor derivatives]. Forward, backward and jvp are
-    plain batched tensor code, so torch.func derives the vmap rule (``generate_vmap_rule``).
-    Both rules are first derivatives only: they treat ``s`` and the eigenvectors as constants,
-    so a second derivative with respect to ``W`` (a Hessian in the raw parameters) would miss
-    their dependence on ``W``.
+GRAM_EPS = 1e-12
+"""Floor on the Gram eigenvalues relative to the largest one: condition numbers up to 1e6."""
+FLOAT32_GRAM_MAX_COND = 50.0
+"""Largest condition number of a raw matrix for which a training step trusts its float32 Gram
+matrix (Note [Orthonormal in float32 while training])."""
+
+
+def _can_branch(t: torch.Tensor) -> bool:
+    """Whether a Python branch may depend on ``t``'s values (no transform or compiler traces it)."""
+    return not torch._C._functorch.is_functorch_wrapped_tensor(t) and not torch.compiler.is_compiling()
+
+
+def _gram_eigh(w: torch.Tensor, precise: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues and eigenvectors, in float64, of ``w^T w`` for tall ``w`` (..., m, n).
+
+    ``precise``: the Gram matrix in float64; else in ``w``'s dtype unless it is too ill-conditioned
+    for it (Note [Orthonormal in float32 while training]).
+    """
+    if not precise and w.dtype != torch.float64:
+        evals, evecs = torch.linalg.eigh((w.mT @ w).double())
+        if _can_branch(w):
+            ratio = evals[..., -1] / evals[..., 0].clamp_min(torch.finfo(torch.float64).tiny)
+            if not bool((ratio > FLOAT32_GRAM_MAX_COND**2).any()):
+                return evals, evecs
+    w64 = w.to(torch.float64)
+    return torch.linalg.eigh(w64.mT @ w64)
+
+
+class _GramInverseSqrt(torch.autograd.Function):
+    """``A = (W^T W)^{-1/2}`` of tall full-rank matrices, the factor with ``polar(W) = W A``.
+
+    Forward returns ``A`` and, as non-differentiable outputs, what both derivatives reuse: the
+    singular values ``s`` of ``W`` and the eigenvectors of ``W^T W``. Backward and jvp are the
+    closed forms of Note [Inverse square root derivatives]. Forward, backward and jvp are plain
+    batched tensor code, so torch.func derives the vmap rule (``generate_vmap_rule``). Both rules
+    are first derivatives only: they treat ``s`` and the eigenvectors as constants, so a second
+    derivative with respect to ``W`` would miss their dependence on ``W``.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(
-        w: torch.Tensor, eps: float, precise: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        w_gram = w.to(torch.float64) if precise else w
-        evals, evecs = torch.linalg.eigh(w_gram.mT @ w_gram)
-        s = evals.clamp_min(eps).sqrt()
+    def forward(w: torch.Tensor, eps: float, precise: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        evals, evecs = _gram_eigh(w, precise)
+        s = torch.maximum(evals, eps * evals[..., -1:]).sqrt()
         inv_sqrt = ((evecs / s.unsqueeze(-2)) @ evecs.mT).to(w.dtype)
-        s, evecs = s.to(w.dtype), evecs.to(w.dtype)
-        return w @ inv_sqrt, s, evecs, inv_sqrt
+        return inv_sqrt, s.to(w.dtype), evecs.to(w.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        q, s, evecs, inv_sqrt = output
-        ctx.mark_non_differentiable(s, evecs, inv_sqrt)
-        ctx.save_for_backward(q, s, evecs, inv_sqrt)
-        ctx.save_for_forward(q, s, evecs, inv_sqrt)
+        w = inputs[0]
+        _, s, evecs = output
+        ctx.mark_non_differentiable(s, evecs)
+        ctx.save_for_backward(w, s, evecs)
+        ctx.save_for_forward(w, s, evecs)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
-        q, s, evecs, inv_sqrt = ctx.saved_tensors
-        m = q.mT @ grad
-        y = _sylvester(m, s, evecs)
-        return q @ (y - y.mT) + (grad - q @ m) @ inv_sqrt, None, None
+        w, s, evecs = ctx.saved_tensors
+        gram_grad = _daleckii_krein(grad, s, evecs)
+        return w @ (gram_grad + gram_grad.mT), None, None
 
     @staticmethod
-    def jvp(ctx, w_dot: torch.Tensor, *_: None) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
-        q, s, evecs, inv_sqrt = ctx.saved_tensors
-        m = q.mT @ w_dot
-        omega = _sylvester(m - m.mT, s, evecs)
-        return (w_dot - q @ m) @ inv_sqrt + q @ omega, None, None, None
+    def jvp(ctx, w_dot: torch.Tensor, *_: None) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        w, s, evecs = ctx.saved_tensors
+        gram_dot = w_dot.mT @ w
+        return _daleckii_krein(gram_dot + gram_dot.mT, s, evecs), None, None
 
-
-# Note [Float64 Gram matrix in eval mode]
-# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-# :func:`polar` goes through the Gram matrix W^T W, whose condition number is the square of W's.
-# Its eigenvalues are computed to an absolute error of about the unit roundoff u times the
-# largest one, so the smallest carries a relative error of about u cond(W)^2. In float32
-# (u = 6e-8) and at the condition numbers trained dense layers reach (tens), that leaves the
-# factor's singular values visibly off 1 (order 1e-3); in float64 the error is below float32's
-# own rounding of the result. Both are sound --
-# a layer's Lipschitz bound is always measured on the weight it uses -- but a bound of 1 + 1e-3
-# per layer compounds over a network and shrinks every certified radius. The float64 Gram is
-# also markedly slower, and a training step does not need it: the weight is rebuilt at every
-# step and the gradient is unaffected at that scale. So the orthonormalising parametrizations
-# pass ``precise = not self.training``: float32 while training, float64 for the weights that
-# inference, certification and the exported bounds use. (Measured figures:
-# docs/reproduction.md.)
 
 # Note [Power iteration approaches sigma from below]
 # ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
@@ -201,29 +239,66 @@ class _Polar(torch.autograd.Function):
 # bound.
 
 
-def polar(w: torch.Tensor, eps: float | None = None, precise: bool = True) -> torch.Tensor:
-    """Exact orthogonal polar factor of a batch of matrices (the closest orthonormal matrix).
+def gram_inverse_sqrt(w: torch.Tensor, eps: float = GRAM_EPS, precise: bool = True) -> torch.Tensor:
+    """Inverse square root of the smaller Gram matrix: ``(W^T W)^{-1/2}`` for a tall ``W``,
+    ``(W W^T)^{-1/2}`` for a wide one, so that ``polar(W)`` is ``W A`` or ``A W``.
 
-    This is the fixed point of :func:`bjorck`, computed in closed form through the
-    eigendecomposition of the smaller Gram matrix, with a stable analytic backward pass.
-
-    ``precise`` chooses the precision of the Gram matrix; see Note [Float64 Gram matrix in eval
-    mode] for why the layers ask for float64 in eval mode only.
+    A layer can apply ``A`` to ``W x`` instead of forming the polar factor; the derivative is
+    exact either way (Note [Inverse square root derivatives]).
 
     Args:
         w: (..., m, n) full-rank matrices.
-        eps: floor on the Gram eigenvalues, guarding against rank deficiency (default 1e-10
-            in float32, 1e-12 in float64).
-        precise: form the Gram matrix and its eigendecomposition in float64 (the result keeps
-            ``w``'s dtype); ``False``: in ``w``'s own precision.
+        eps: floor on the Gram eigenvalues, relative to the largest one.
+        precise: Gram matrix in float64 (eval mode); ``False``: as a training step computes it
+            (Note [Orthonormal in float32 while training]).
 
     Returns:
-        (..., m, n) with orthonormal columns (m >= n) or rows (m < n).
+        (..., k, k) symmetric positive definite, k = min(m, n), in ``w``'s dtype.
+    """
+    w, _ = _tall(w)
+    return _GramInverseSqrt.apply(w, eps, precise)[0]
+
+
+def newton_schulz_step(q: torch.Tensor) -> torch.Tensor:
+    """One Newton-Schulz step ``Q + Q (I - Q^T Q) / 2`` towards orthonormal columns (tall ``q``)
+    or rows (wide ``q``): squares the distance of a nearly orthonormal ``q`` from its polar factor.
+
+    Args:
+        q: (..., m, n) with singular values in (0, sqrt(3)).
+
+    Returns:
+        (..., m, n).
+    """
+    q, transposed = _tall(q)
+    eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device)
+    q = q + 0.5 * q @ (eye - q.mT @ q)
+    return q.mT if transposed else q
+
+
+def polar(w: torch.Tensor, eps: float = GRAM_EPS, precise: bool = True) -> torch.Tensor:
+    """Exact orthogonal polar factor of a batch of matrices (the closest orthonormal matrix).
+
+    This is the fixed point of :func:`bjorck`, computed in closed form as ``W (W^T W)^{-1/2}``
+    through the eigendecomposition of the smaller Gram matrix (:func:`gram_inverse_sqrt`), with a
+    stable analytic derivative.
+
+    ``precise=True`` (eval mode) forms the Gram matrix in float64; ``False`` is a training step's
+    recipe, orthonormal to float32 rounding up to condition number 1e4 at a fraction of the cost
+    (Note [Orthonormal in float32 while training]).
+
+    Args:
+        w: (..., m, n) full-rank matrices.
+        eps: floor on the Gram eigenvalues relative to the largest one, guarding against rank
+            deficiency (the eigenvalues are computed in float64).
+        precise: the eval-mode recipe (float64 Gram matrix) or the training one.
+
+    Returns:
+        (..., m, n) with orthonormal columns (m >= n) or rows (m < n), in ``w``'s dtype.
     """
     w, transposed = _tall(w)
-    if eps is None:
-        eps = 1e-12 if w.dtype == torch.float64 else 1e-10
-    q = _Polar.apply(w, eps, precise)[0]
+    q = w @ gram_inverse_sqrt(w, eps, precise)
+    if not precise:
+        q = newton_schulz_step(q)
     return q.mT if transposed else q
 
 
