@@ -29,6 +29,7 @@ __all__ = [
     "bjorck",
     "polar",
     "gram_inverse_sqrt",
+    "polar_linear",
     "newton_schulz_step",
     "FLOAT32_GRAM_MAX_COND",
     "orthonormalize",
@@ -142,10 +143,11 @@ def _daleckii_krein(tangent: torch.Tensor, s: torch.Tensor, evecs: torch.Tensor)
 # (max |sigma - 1| <= 1e-4) even for raw matrices of condition number 1e4. Three errors stand in
 # the way, and each has its own cure:
 #
-# * float32 ``eigh`` is accurate to about u n ||G|| in each eigenvalue (u = 6e-8), so the small
-#   eigenvalues of G = W^T W carry a relative error near u n cond(W)^2: already 1.5e-4 in the
-#   factor at cond(W) = 30, where trained dense layers sit. The eigendecomposition is therefore
-#   always computed in float64 (of a float32 Gram matrix: 7e-6 at cond 30).
+# * float32 ``eigh`` is accurate to about u ||G|| in each eigenvalue (u = 6e-8), so the small
+#   eigenvalues of G = W^T W carry a relative error of a few u cond(W)^2: already 1.5e-4 in the
+#   factor at cond(W) = 30, where trained dense layers sit. Above FLOAT32_EIGH_MAX_COND its
+#   result is refined in float64 (:func:`_refined_inverse_sqrt`: 7e-6 at cond 30, the accuracy of
+#   a float64 ``eigh`` of the float32 Gram matrix, at a third of its cost).
 # * the float32 Gram matrix itself has entries off by about u ||G||, an error of about
 #   0.1 u cond(W)^2 in the factor: fine up to cond(W) = FLOAT32_GRAM_MAX_COND, beyond which the
 #   Gram matrix is formed again in float64 (the eigenvalues of the first one tell).
@@ -161,6 +163,8 @@ def _daleckii_krein(tangent: torch.Tensor, s: torch.Tensor, evecs: torch.Tensor)
 
 GRAM_EPS = 1e-12
 """Floor on the Gram eigenvalues relative to the largest one: condition numbers up to 1e6."""
+FLOAT32_EIGH_MAX_COND = 5.0
+"""Largest condition number of a raw matrix for which a training step trusts a float32 ``eigh``."""
 FLOAT32_GRAM_MAX_COND = 50.0
 """Largest condition number of a raw matrix for which a training step trusts its float32 Gram
 matrix (Note [Orthonormal in float32 while training])."""
@@ -171,20 +175,48 @@ def _can_branch(t: torch.Tensor) -> bool:
     return not torch._C._functorch.is_functorch_wrapped_tensor(t) and not torch.compiler.is_compiling()
 
 
-def _gram_eigh(w: torch.Tensor, precise: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eigenvalues and eigenvectors, in float64, of ``w^T w`` for tall ``w`` (..., m, n).
+def _exact_inverse_sqrt(gram: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+    """``(G^{-1/2}, sqrt of the eigenvalues, eigenvectors)`` of symmetric positive definite
+    (..., n, n) ``gram``, through its eigendecomposition in ``gram``'s dtype."""
+    evals, evecs = torch.linalg.eigh(gram)
+    s = torch.maximum(evals, eps * evals[..., -1:]).sqrt()
+    return (evecs / s.unsqueeze(-2)) @ evecs.mT, s, evecs
 
-    ``precise``: the Gram matrix in float64; else in ``w``'s dtype unless it is too ill-conditioned
-    for it (Note [Orthonormal in float32 while training]).
+
+def _refined_inverse_sqrt(
+    gram: torch.Tensor, evecs: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, ...]:
+    """``G^{-1/2}`` from approximate eigenvectors ``V`` (a float32 ``eigh``), as
+    :func:`_exact_inverse_sqrt` returns it, all in float64.
+
+    ``B = V^T G V`` (float64) is diagonal up to the eigensolver's error ``E``; then
+    ``B^{-1/2} = D^{-1/2} + E o F + O(||E||^2)`` (F of Note [Inverse square root derivatives]
+    at ``s = sqrt(diag B)``), a fraction of the cost of a float64 ``eigh``.
     """
-    if not precise and w.dtype != torch.float64:
-        evals, evecs = torch.linalg.eigh((w.mT @ w).double())
-        if _can_branch(w):
-            ratio = evals[..., -1] / evals[..., 0].clamp_min(torch.finfo(torch.float64).tiny)
-            if not bool((ratio > FLOAT32_GRAM_MAX_COND**2).any()):
-                return evals, evecs
+    v = evecs.to(torch.float64)
+    b = v.mT @ gram.to(torch.float64) @ v
+    d = b.diagonal(dim1=-2, dim2=-1)
+    s = torch.maximum(d, eps * d.amax(dim=-1, keepdim=True)).sqrt()
+    si, sj = s.unsqueeze(-1), s.unsqueeze(-2)
+    core = b / (-si * sj * (si + sj))
+    core = core + torch.diag_embed(1 / s - core.diagonal(dim1=-2, dim2=-1))
+    return v @ core @ v.mT, s, v
+
+
+def _inverse_sqrt_factors(w: torch.Tensor, eps: float, precise: bool) -> tuple[torch.Tensor, ...]:
+    """``(W^T W)^{-1/2}``, the singular values of ``W`` and the eigenvectors of ``W^T W``, in
+    float64, for tall (..., m, n) ``w``: by the eval recipe (``precise``) or a training step's
+    (Note [Orthonormal in float32 while training])."""
+    if not precise and w.dtype != torch.float64 and _can_branch(w):
+        gram = w.mT @ w
+        evals, evecs = torch.linalg.eigh(gram)
+        ratio = float((evals[..., -1] / evals[..., 0].clamp_min(torch.finfo(evals.dtype).tiny)).max())
+        if ratio <= FLOAT32_EIGH_MAX_COND**2:
+            return tuple(t.to(torch.float64) for t in _exact_inverse_sqrt(gram, eps))
+        if ratio <= FLOAT32_GRAM_MAX_COND**2:
+            return _refined_inverse_sqrt(gram, evecs, eps)
     w64 = w.to(torch.float64)
-    return torch.linalg.eigh(w64.mT @ w64)
+    return _exact_inverse_sqrt(w64.mT @ w64, eps)
 
 
 class _GramInverseSqrt(torch.autograd.Function):
@@ -201,11 +233,9 @@ class _GramInverseSqrt(torch.autograd.Function):
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(w: torch.Tensor, eps: float, precise: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        evals, evecs = _gram_eigh(w, precise)
-        s = torch.maximum(evals, eps * evals[..., -1:]).sqrt()
-        inv_sqrt = ((evecs / s.unsqueeze(-2)) @ evecs.mT).to(w.dtype)
-        return inv_sqrt, s.to(w.dtype), evecs.to(w.dtype)
+    def forward(w: torch.Tensor, eps: float, precise: bool) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        inv_sqrt, s, evecs = _inverse_sqrt_factors(w, eps, precise)
+        return inv_sqrt.to(w.dtype), s.to(w.dtype), evecs.to(w.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
@@ -300,6 +330,38 @@ def polar(w: torch.Tensor, eps: float = GRAM_EPS, precise: bool = True) -> torch
     if not precise:
         q = newton_schulz_step(q)
     return q.mT if transposed else q
+
+
+def polar_linear(
+    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, precise: bool = True
+) -> torch.Tensor:
+    """``F.linear(x, polar(w), bias)`` without forming ``polar(w)`` while ``w`` is well-conditioned.
+
+    ``polar(W)`` is ``A W`` (wide ``W``) or ``W A`` (tall), with ``A`` the small factor of
+    :func:`gram_inverse_sqrt`, so the layer's output is ``A`` applied to ``W x`` (or ``W`` to
+    ``A x``): one Gram matrix and a few products of the small side instead of forming and
+    differentiating the full factor, with the same exact derivative (Note [Inverse square root
+    derivatives]). Applying ``A`` rounds like a product with a matrix of condition number
+    cond(W), so beyond :data:`FLOAT32_GRAM_MAX_COND` the factor is formed (and, in a training step,
+    refined) as :func:`polar` does it.
+
+    Args:
+        x: (N, in_features).
+        w: (out_features, in_features) raw weight, full rank.
+        bias: (out_features,) or None.
+        precise: the eval-mode recipe (float64 Gram matrix) or the training one.
+
+    Returns:
+        (N, out_features).
+    """
+    tall = w.shape[-2] > w.shape[-1]
+    a, s, _ = _GramInverseSqrt.apply(w if tall else w.mT, GRAM_EPS, precise)
+    if _can_branch(s) and float(s[-1] / s[0]) > FLOAT32_GRAM_MAX_COND:
+        q = w @ a if tall else a @ w
+        return F.linear(x, q if precise else newton_schulz_step(q), bias)
+    if tall:
+        return F.linear(F.linear(x, a), w, bias)
+    return F.linear(F.linear(x, w), a, bias)
 
 
 def orthonormalize(

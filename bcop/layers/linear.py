@@ -9,6 +9,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bcop.layers.parametrization import POLAR, CachedParametrization, OrthoParams, scaled_orthogonal_
+from bcop.orthogonal import polar_linear
 
 __all__ = ["LipschitzLinear", "BjorckLinear", "Orthonormal"]
 
@@ -18,11 +19,14 @@ class LipschitzLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, in_features) -> (N, out_features)."""
+        self._check_input(x)
+        return super().forward(x)
+
+    def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(
                 f"{type(self).__name__} expects input of shape (N, {self.in_features}), got {tuple(x.shape)}"
             )
-        return super().forward(x)
 
     @torch.no_grad()  # a measurement: no graph (the weights are those of the current mode)
     def lipschitz_bound(self, input_shape: Sequence[int] | None = None) -> float:
@@ -62,3 +66,23 @@ class BjorckLinear(LipschitzLinear):
         super().__init__(in_features, out_features, bias=bias)  # bias: +-1/sqrt(in), the paper's
         scaled_orthogonal_(self.weight, in_features)
         parametrize.register_parametrization(self, "weight", Orthonormal(ortho))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, in_features) -> (N, out_features).
+
+        A training step with the polar factor applies the small factor of the Gram matrix to
+        ``W x`` instead of forming the weight (:func:`bcop.orthogonal.polar_linear`: the same
+        function and gradient at a fraction of the cost); everything else uses ``self.weight``,
+        cached while the raw matrix does not change.
+        """
+        raw = self.parametrizations.weight.original
+        parametrization = self.parametrizations.weight[0]
+        if (
+            self.training
+            and torch.is_grad_enabled()
+            and raw.requires_grad
+            and parametrization.ortho.method == "polar"
+        ):
+            self._check_input(x)
+            return polar_linear(x, raw, self.bias, precise=False)
+        return super().forward(x)
