@@ -5,6 +5,7 @@ Nothing is read from disk or the network at import time.
 """
 
 from bcop.certify import certified_accuracy, certified_radius, certify, lipschitz_bound
+from bcop.export import export
 from bcop.models import MODEL_NAMES, ModelConfig, OrthoParams, build_model, create_model
 
 __version__ = "0.2.0"
@@ -18,5 +19,6 @@ __all__ = [
     "certified_radius",
     "certify",
     "create_model",
+    "export",
     "lipschitz_bound",
 ]
