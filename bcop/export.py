@@ -94,6 +94,8 @@ def export(model: nn.Sequential) -> nn.Sequential:
 def save_onnx(model: nn.Sequential, path: str | Path, input_shape: tuple[int, int, int]) -> Path:
     """Export ``model`` (through :func:`export`) to an ONNX file with a dynamic batch size.
 
+    Needs ``onnx`` and ``onnxscript`` (``pip install onnx onnxscript``), which torch's exporter uses.
+
     Args:
         model: as :func:`export`.
         path: the ``.onnx`` file to write.

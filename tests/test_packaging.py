@@ -20,7 +20,7 @@ from bcop.hub import HUB_OWNER, PRETRAINED_MODELS
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-DEV_TOOLS = {"pytest", "ruff", "gradio-client", "playwright"}
+DEV_TOOLS = {"pytest", "ruff", "gradio-client", "playwright", "onnx", "onnxruntime", "onnxscript"}
 
 
 def _norm(name: str) -> str:
