@@ -141,25 +141,28 @@ def _daleckii_krein(tangent: torch.Tensor, s: torch.Tensor, evecs: torch.Tensor)
 # ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
 # A training step builds every weight in float32, and what it trains with must be orthonormal
 # (max |sigma - 1| <= 1e-4) even for raw matrices of condition number 1e4. Three errors stand in
-# the way, and each has its own cure:
+# the way; the condition number, read off a first float32 ``eigh``, says which need a cure:
 #
 # * float32 ``eigh`` is accurate to about u ||G|| in each eigenvalue (u = 6e-8), so the small
-#   eigenvalues of G = W^T W carry a relative error of a few u cond(W)^2: already 1.5e-4 in the
-#   factor at cond(W) = 30, where trained dense layers sit. Above FLOAT32_EIGH_MAX_COND its
-#   result is refined in float64 (:func:`_refined_inverse_sqrt`: 7e-6 at cond 30, the accuracy of
-#   a float64 ``eigh`` of the float32 Gram matrix, at a third of its cost).
+#   eigenvalues of G = W^T W carry a relative error of a few u cond(W)^2: 1.5e-4 in the factor
+#   at cond(W) = 30, where trained dense layers sit. Above FLOAT32_EIGH_MAX_COND the result is
+#   refined in float64 (:func:`_refined_inverse_sqrt`, a first-order correction: the accuracy of
+#   a float64 ``eigh`` at a third of its cost), up to REFINED_EIGH_MAX_COND, where the
+#   correction's second-order error reaches 1e-5; beyond, a float64 ``eigh``.
 # * the float32 Gram matrix itself has entries off by about u ||G||, an error of about
-#   0.1 u cond(W)^2 in the factor: fine up to cond(W) = FLOAT32_GRAM_MAX_COND, beyond which the
-#   Gram matrix is formed again in float64 (the eigenvalues of the first one tell).
-# * the float32 product W A, with A = G^{-1/2} of condition number cond(W), rounds to about
-#   u cond(W) (7e-5 at 1e4). One Newton-Schulz step Q <- Q + Q (I - Q^T Q) / 2 then squares the
-#   error of the (now well-conditioned) Q to float32 rounding; its derivative at an orthonormal Q
-#   is the projection onto the tangent space, which leaves the polar factor's derivative as it is.
+#   0.1 u cond(W)^2 in the factor (7e-6 at cond 30): fine up to FLOAT32_GRAM_MAX_COND, beyond
+#   which the Gram matrix is formed in float64.
+# * a float32 product with A = G^{-1/2}, of condition number cond(W), rounds to about u cond(W)
+#   (7e-5 at 1e4). :func:`polar` therefore ends a training step's factor with one Newton-Schulz
+#   step Q <- Q + Q (I - Q^T Q) / 2, which squares the error of the (well-conditioned) Q down to
+#   float32 rounding; its derivative at an orthonormal Q is the projection onto the tangent
+#   space, which leaves the polar factor's derivative as it is. :func:`polar_linear` applies A
+#   to W x without forming Q only up to REFINED_EIGH_MAX_COND (rounding below 1e-5).
 #
-# Under torch.func transforms or compilation the check on the eigenvalues cannot run, and the
-# float64 Gram matrix is always used. Eval mode (``precise=True``) forms the Gram matrix in
-# float64 from the start and skips the Newton-Schulz step: the weights that inference,
-# certification and the shipped results use are computed exactly as they always were.
+# Under torch.func transforms or compilation the condition number cannot steer Python, and the
+# float64 route is always taken. Eval mode (``precise=True``) forms the Gram matrix in float64
+# from the start and skips the Newton-Schulz step: the weights that inference, certification and
+# the shipped results use are computed exactly as they always were.
 
 GRAM_EPS = 1e-12
 """Floor on the Gram eigenvalues relative to the largest one: condition numbers up to 1e6."""
@@ -168,6 +171,9 @@ FLOAT32_EIGH_MAX_COND = 5.0
 FLOAT32_GRAM_MAX_COND = 50.0
 """Largest condition number of a raw matrix for which a training step trusts its float32 Gram
 matrix (Note [Orthonormal in float32 while training])."""
+REFINED_EIGH_MAX_COND = 150.0
+"""Largest condition number for which a training step refines a float32 ``eigh`` instead of
+computing one in float64, and :func:`polar_linear` applies the small factor to ``W x``."""
 
 
 def _can_branch(t: torch.Tensor) -> bool:
@@ -175,23 +181,19 @@ def _can_branch(t: torch.Tensor) -> bool:
     return not torch._C._functorch.is_functorch_wrapped_tensor(t) and not torch.compiler.is_compiling()
 
 
-def _exact_inverse_sqrt(gram: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
-    """``(G^{-1/2}, sqrt of the eigenvalues, eigenvectors)`` of symmetric positive definite
-    (..., n, n) ``gram``, through its eigendecomposition in ``gram``'s dtype."""
-    evals, evecs = torch.linalg.eigh(gram)
+def _exact_inverse_sqrt(evals: torch.Tensor, evecs: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+    """``(G^{-1/2}, sqrt of the eigenvalues, eigenvectors)`` from ``G``'s eigendecomposition."""
     s = torch.maximum(evals, eps * evals[..., -1:]).sqrt()
     return (evecs / s.unsqueeze(-2)) @ evecs.mT, s, evecs
 
 
-def _refined_inverse_sqrt(
-    gram: torch.Tensor, evecs: torch.Tensor, eps: float
-) -> tuple[torch.Tensor, ...]:
-    """``G^{-1/2}`` from approximate eigenvectors ``V`` (a float32 ``eigh``), as
-    :func:`_exact_inverse_sqrt` returns it, all in float64.
+def _refined_inverse_sqrt(gram: torch.Tensor, evecs: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+    """As :func:`_exact_inverse_sqrt`, from approximate eigenvectors ``V`` of ``G`` (a float32
+    ``eigh``).
 
     ``B = V^T G V`` (float64) is diagonal up to the eigensolver's error ``E``; then
     ``B^{-1/2} = D^{-1/2} + E o F + O(||E||^2)`` (F of Note [Inverse square root derivatives]
-    at ``s = sqrt(diag B)``), a fraction of the cost of a float64 ``eigh``.
+    at ``s = sqrt(diag B)``), at a third of the cost of a float64 ``eigh``.
     """
     v = evecs.to(torch.float64)
     b = v.mT @ gram.to(torch.float64) @ v
@@ -200,23 +202,27 @@ def _refined_inverse_sqrt(
     si, sj = s.unsqueeze(-1), s.unsqueeze(-2)
     core = b / (-si * sj * (si + sj))
     core = core + torch.diag_embed(1 / s - core.diagonal(dim1=-2, dim2=-1))
+    # V is orthonormal to float32 rounding and core nearly diagonal: float32 products suffice
+    core, v = core.to(evecs.dtype), evecs
     return v @ core @ v.mT, s, v
 
 
 def _inverse_sqrt_factors(w: torch.Tensor, eps: float, precise: bool) -> tuple[torch.Tensor, ...]:
-    """``(W^T W)^{-1/2}``, the singular values of ``W`` and the eigenvectors of ``W^T W``, in
-    float64, for tall (..., m, n) ``w``: by the eval recipe (``precise``) or a training step's
-    (Note [Orthonormal in float32 while training])."""
+    """``(W^T W)^{-1/2}``, the singular values of ``W`` and the eigenvectors of ``W^T W`` for
+    tall (..., m, n) ``w``: by the eval recipe (``precise``: float64 throughout) or a training
+    step's, chosen by the condition number (Note [Orthonormal in float32 while training])."""
     if not precise and w.dtype != torch.float64 and _can_branch(w):
         gram = w.mT @ w
         evals, evecs = torch.linalg.eigh(gram)
-        ratio = float((evals[..., -1] / evals[..., 0].clamp_min(torch.finfo(evals.dtype).tiny)).max())
-        if ratio <= FLOAT32_EIGH_MAX_COND**2:
-            return tuple(t.to(torch.float64) for t in _exact_inverse_sqrt(gram, eps))
-        if ratio <= FLOAT32_GRAM_MAX_COND**2:
+        cond = float((evals[..., -1] / evals[..., 0].clamp_min(torch.finfo(evals.dtype).tiny)).max()) ** 0.5
+        if cond <= FLOAT32_EIGH_MAX_COND:
+            return _exact_inverse_sqrt(evals, evecs, eps)
+        if cond <= REFINED_EIGH_MAX_COND:
+            if cond > FLOAT32_GRAM_MAX_COND:
+                gram = w.to(torch.float64).mT @ w.to(torch.float64)
             return _refined_inverse_sqrt(gram, evecs, eps)
     w64 = w.to(torch.float64)
-    return _exact_inverse_sqrt(w64.mT @ w64, eps)
+    return _exact_inverse_sqrt(*torch.linalg.eigh(w64.mT @ w64), eps)
 
 
 class _GramInverseSqrt(torch.autograd.Function):
@@ -342,7 +348,7 @@ def polar_linear(
     ``A x``): one Gram matrix and a few products of the small side instead of forming and
     differentiating the full factor, with the same exact derivative (Note [Inverse square root
     derivatives]). Applying ``A`` rounds like a product with a matrix of condition number
-    cond(W), so beyond :data:`FLOAT32_GRAM_MAX_COND` the factor is formed (and, in a training step,
+    cond(W), so beyond :data:`REFINED_EIGH_MAX_COND` the factor is formed (and, in a training step,
     refined) as :func:`polar` does it.
 
     Args:
@@ -356,7 +362,7 @@ def polar_linear(
     """
     tall = w.shape[-2] > w.shape[-1]
     a, s, _ = _GramInverseSqrt.apply(w if tall else w.mT, GRAM_EPS, precise)
-    if _can_branch(s) and float(s[-1] / s[0]) > FLOAT32_GRAM_MAX_COND:
+    if _can_branch(s) and float(s[-1] / s[0]) > REFINED_EIGH_MAX_COND:
         q = w @ a if tall else a @ w
         return F.linear(x, q if precise else newton_schulz_step(q), bias)
     if tall:
