@@ -102,15 +102,14 @@ class CachedParametrization(nn.Module):
         raise NotImplementedError
 
     def forward(self, *originals: torch.Tensor) -> torch.Tensor:
+        # buffers too (OSSN's power-iteration vectors): load_state_dict and training change them.
+        # A parametrization has no submodules, so its own _buffers are all of them.
+        tensors = (*originals, *(b for b in self._buffers.values() if b is not None))
         needs_graph = torch.is_grad_enabled() and any(o.requires_grad for o in originals)
-        if needs_graph or not all(map(_untraced, (*originals, *self.buffers()))):
+        if needs_graph or not all(map(_untraced, tensors)):
             # contiguous: conv2d and linear run measurably faster on a dense kernel
             return self.compute(*originals).contiguous()
-        # buffers too (OSSN's power-iteration vectors): load_state_dict and training change them
-        key = (
-            self.training,
-            *((t.data_ptr(), t._version, t.dtype, t.device) for t in (*originals, *self.buffers())),
-        )
+        key = (self.training, *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
         if key != self._cache_key or self._cache_value is None:
             # inference_mode(False): a kernel built under inference mode must stay usable by a
             # later attack that differentiates with respect to the input.
