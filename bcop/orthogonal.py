@@ -579,22 +579,34 @@ def bcop_kernel(
     c = ortho.shape[-1]
     if kernel_size == 1:
         return ortho[:out_channels, :in_channels, None, None]
-    eye = torch.eye(c, dtype=ortho.dtype, device=ortho.device)
     if projectors is None:
-        proj = ortho.new_zeros(2 * (kernel_size - 1), c, c)
-    else:
-        proj = projectors @ projectors.mT
-    width, height = proj[: kernel_size - 1], proj[kernel_size - 1 :]
-    # block[t][:, :, a, b] = Q_t^(a) P_t^(b) with Q^(0) = Q, Q^(1) = I - Q (likewise P): the 1x2
-    # kernel, then the 2x1 kernel. All four products follow from the single product QP.
-    qp = height @ width
-    taps = (qp, height - qp, width - qp, eye - height - width + qp)
-    blocks = torch.stack(taps, dim=-1).unflatten(-1, (2, 2))  # (k-1, c, c, 2, 2)
-    # H is a 1x1 kernel: composing the first block with it is a product per tap.
-    kernel = torch.einsum("mpab,pq->mqab", blocks[0], ortho)
-    for block in blocks[1:]:
-        kernel = compose_kernels(kernel, block)
+        projectors = ortho.new_zeros(2 * (kernel_size - 1), c, 0)  # rank 0: P = U U^T = 0
+    width, height = projectors[: kernel_size - 1], projectors[kernel_size - 1 :]
+    kernel = _first_block(ortho, width[0], height[0])
+    if kernel_size > 2:
+        eye = torch.eye(c, dtype=ortho.dtype, device=ortho.device)
+        p, q = width[1:] @ width[1:].mT, height[1:] @ height[1:].mT
+        # block[t][:, :, a, b] = Q_t^(a) P_t^(b) with Q^(0) = Q, Q^(1) = I - Q (likewise P): the
+        # 1x2 kernel, then the 2x1 kernel. All four products follow from the single product QP.
+        qp = q @ p
+        blocks = torch.stack((qp, q - qp, p - qp, eye - q - p + qp), dim=-1).unflatten(-1, (2, 2))
+        for block in blocks:
+            kernel = compose_kernels(kernel, block)
     return kernel[:out_channels, :in_channels]
+
+
+def _first_block(ortho: torch.Tensor, u_width: torch.Tensor, u_height: torch.Tensor) -> torch.Tensor:
+    """The first 2x2 block composed with ``H``: ``[Q^(a) P^(b) H]_{ab}`` as a (c, c, 2, 2) kernel.
+
+    ``H`` is a 1x1 kernel, so the composition is a product per tap; with ``P = U U^T`` the four
+    taps follow from ``PH``, ``QH`` and ``QPH``, three products through the (c, r) factors,
+    without forming ``P`` or ``Q``.
+    """
+    ph = u_width @ (u_width.mT @ ortho)
+    qh = u_height @ (u_height.mT @ ortho)
+    qph = u_height @ (u_height.mT @ ph)
+    taps = (qph, qh - qph, ph - qph, ortho - qh - ph + qph)
+    return torch.stack(taps, dim=-1).unflatten(-1, (2, 2))
 
 
 def svcm_project(kernel: torch.Tensor, input_size: int | Sequence[int], max_sv: float = 1.0) -> torch.Tensor:
