@@ -69,6 +69,7 @@ from benchmarks.step_cost import (  # noqa: E402
     bench_overhead_profile,
     bench_step_ratios,
     bench_train_orthogonality,
+    layer_step_fn,
     markdown_deployment,
     markdown_orthogonality,
     markdown_overhead,
@@ -356,16 +357,6 @@ def network_ortho_error(model: nn.Module, sizes: dict[str, int]) -> float:
             elif isinstance(module, ReferenceBjorckLinear):
                 worst = max(worst, dense_ortho_error(module.built))
     return worst
-
-
-def layer_step_fn(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    """Forward + backward of one layer, with the gradient with respect to its input as in a network."""
-
-    def step() -> None:
-        layer.zero_grad(set_to_none=True)
-        layer(x.detach().requires_grad_(True)).sum().backward()
-
-    return step
 
 
 # ----------------------------------------------------------------------------------------------

@@ -97,14 +97,14 @@ def bench_step_ratios(reps: tuple[int, int], perturb: Callable[[nn.Module], None
     return rows
 
 
-def _layer_pass(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    """Forward and backward of one layer in train mode, with the input's gradient."""
+def layer_step_fn(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """Forward + backward of one layer, with the gradient with respect to its input as in a network."""
 
-    def run() -> None:
+    def step() -> None:
         layer.zero_grad(set_to_none=True)
         layer(x.detach().requires_grad_(True)).sum().backward()
 
-    return run
+    return step
 
 
 def bench_overhead_profile(
@@ -126,7 +126,7 @@ def bench_overhead_profile(
         if hasattr(layer, "parametrizations"):
             twin = getattr(twins, name)
             medians = interleaved(
-                {"ours": _layer_pass(layer, inputs[name]), "twin": _layer_pass(twin, inputs[name])}, *reps
+                {"ours": layer_step_fn(layer, inputs[name]), "twin": layer_step_fn(twin, inputs[name])}, *reps
             )
             kind = "BCOP kernel" if isinstance(layer, BCOPConv2d) else "polar_linear (Gram, eigh, products)"
             parts.append(
