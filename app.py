@@ -28,7 +28,9 @@ CSS = """
   image-rendering: pixelated; object-fit: contain; width: 100%; height: 100%;
 }
 #models-table { overflow-x: auto; }
-#models-table td, #models-table th { white-space: nowrap; }
+#models-table th { white-space: nowrap; }
+#models-table td, #models-table td code { white-space: normal; word-break: normal; overflow-wrap: normal; }
+#models-table td:first-child { white-space: nowrap; }
 """
 # A drawing needs the brush: select it when the canvas appears and again after Clear.
 HEAD = """<script>

@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from bcop.certify import margins
+from bcop.deprecation import deprecated_names
 from bcop.layers.parametrization import frozen_weights
 
-__all__ = ["AttackResult", "pgd_l2", "fgm_l2", "minimal_adversarial_distance", "LOSSES", "STARTS"]
+__all__ = ["AttackResult", "pgd_l2", "fgm_l2", "minimal_adversarial_distance", "ATTACK_LOSSES", "STARTS"]
 
-LOSSES = ("margin", "ce")
+ATTACK_LOSSES = ("margin", "ce")
+"""What an attack maximises; training minimises other losses (:data:`bcop.losses.TRAINING_LOSSES`)."""
 Progress = Callable[[float], None]
 
 
@@ -66,7 +68,7 @@ def _loss(logits: torch.Tensor, y: torch.Tensor, loss: str) -> torch.Tensor:
         return -margins(logits, y)
     if loss == "ce":
         return F.cross_entropy(logits, y, reduction="none")
-    raise ValueError(f"unknown attack loss {loss!r}; known: {LOSSES}")
+    raise ValueError(f"unknown attack loss {loss!r}; known: {ATTACK_LOSSES}")
 
 
 def _flat_norm(t: torch.Tensor) -> torch.Tensor:
@@ -277,3 +279,6 @@ def minimal_adversarial_distance(
         hi = torch.where(trial.success, mid, hi)
         lo = torch.where(trial.success, lo, mid)
     return best
+
+
+__getattr__ = deprecated_names(__name__, {"LOSSES": ("bcop.attacks.ATTACK_LOSSES", ATTACK_LOSSES)})

@@ -19,10 +19,10 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from bcop.hardware import is_cpu_hardware
 from bcop.hub import CARD_FILE, CONFIG_FILE, HUB_OWNER, LIBRARY_NAME, checkpoints_dir
 from bcop.models import ModelConfig, parse_model_name
 from bcop.results import eps_key, read_results, write_results
-from bcop.train import is_cpu_hardware
 
 __all__ = [
     "HUB_DATASETS",

@@ -13,9 +13,12 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+from bcop.deprecation import deprecated_names
 
 __all__ = [
     "layer_input_shapes",
@@ -25,7 +28,9 @@ __all__ = [
     "certified_radius",
     "Certificate",
     "certify",
-    "certified_accuracy",
+    "CertifiedCounts",
+    "count_certified",
+    "certified_accuracy_percent",
     "full_float32",
 ]
 
@@ -191,21 +196,40 @@ def certify(model: nn.Module, x: torch.Tensor, lipschitz: float | None = None) -
     )
 
 
+@dataclass(frozen=True)
+class CertifiedCounts:
+    """What a pass over a test set counts (see :func:`count_certified`).
+
+    Attributes:
+        n: examples.
+        correct: examples classified correctly.
+        certified: per radius eps, examples classified correctly with certified radius >= eps.
+        lipschitz: the bound L the radii were computed with.
+    """
+
+    n: int
+    correct: int
+    certified: dict[float, int]
+    lipschitz: float
+
+
 @torch.no_grad()
-def certified_accuracy(
+def count_certified(
     model: nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     epsilons: Sequence[float],
     lipschitz: float | None = None,
-) -> dict[str, object]:
-    """Clean and certified accuracy over a data loader.
+) -> CertifiedCounts:
+    """Count correct and certified examples over ``batches`` of (x (N, C, H, W), labels (N,)).
 
     An example counts as certified at ``eps`` when it is classified correctly and its
     certified radius (for the true class) is at least ``eps``.
 
-    Returns:
-        ``{"n": ..., "clean": ..., "lipschitz": L, "certified": {eps: accuracy}}`` with
-        accuracies in [0, 1].
+    Args:
+        lipschitz: the network's bound L; default :func:`lipschitz_bound` of ``model``.
+
+    Raises:
+        ValueError: ``batches`` is empty.
     """
     L = lipschitz_bound(model) if lipschitz is None else lipschitz
     n = correct = 0
@@ -219,10 +243,40 @@ def certified_accuracy(
         for eps in epsilons:
             certified[eps] += int((ok & (radius >= eps)).sum())
     if n == 0:
-        raise ValueError("certified_accuracy got no data")
+        raise ValueError("no data to certify: the batches were empty")
+    return CertifiedCounts(n, correct, certified, L)
+
+
+def certified_accuracy_percent(
+    model: nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    epsilons: Sequence[float],
+    lipschitz: float | None = None,
+) -> dict[str, object]:
+    """Clean and certified accuracy in percent, as results files, cards and the app report them.
+
+    Returns:
+        ``{"n": ..., "clean": ..., "lipschitz": L, "certified": {eps: accuracy}}`` with
+        accuracies in [0, 100]; see :func:`count_certified` for the arguments.
+    """
+    return _accuracies(count_certified(model, batches, epsilons, lipschitz), 100)
+
+
+def _certified_fractions(*args: Any, **kwargs: Any) -> dict[str, object]:
+    """The deprecated ``certified_accuracy``: :func:`certified_accuracy_percent` in [0, 1]."""
+    return _accuracies(count_certified(*args, **kwargs), 1)
+
+
+def _accuracies(counts: CertifiedCounts, unit: float) -> dict[str, object]:
+    """Counts as accuracies: ``unit`` 100 for percent, 1 for fractions."""
     return {
-        "n": n,
-        "clean": correct / n,
-        "lipschitz": L,
-        "certified": {eps: count / n for eps, count in certified.items()},
+        "n": counts.n,
+        "clean": unit * counts.correct / counts.n,
+        "lipschitz": counts.lipschitz,
+        "certified": {eps: unit * count / counts.n for eps, count in counts.certified.items()},
     }
+
+
+__getattr__ = deprecated_names(
+    __name__, {"certified_accuracy": ("bcop.certify.certified_accuracy_percent", _certified_fractions)}
+)

@@ -39,12 +39,12 @@ import torch
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
-from bcop.attacks import LOSSES as ATTACK_LOSSES
-from bcop.attacks import AttackResult, fgm_l2, pgd_l2
+from bcop.attacks import ATTACK_LOSSES, AttackResult, fgm_l2, pgd_l2
 from bcop.cards import model_card, results_table, summary_table
-from bcop.certify import certified_accuracy, certified_radius, full_float32, lipschitz_bound
+from bcop.certify import certified_accuracy_percent, certified_radius, full_float32, lipschitz_bound
 from bcop.cli import add_options, from_args, option
 from bcop.data import load_dataset, make_loader
+from bcop.hardware import describe_hardware
 from bcop.hub import LoadedModel, load_model, save_model
 from bcop.models import LipschitzNet
 from bcop.results import (
@@ -58,7 +58,7 @@ from bcop.results import (
     selection_description,
     write_results,
 )
-from bcop.train import TrainConfig, describe_hardware
+from bcop.train import TrainConfig
 
 __all__ = ["EvalConfig", "evaluate", "pgd_sample", "main"]
 
@@ -136,7 +136,7 @@ def _certify_test_set(
 ) -> dict[str, Any]:
     """Clean accuracy and certified accuracy over :data:`CURVE` and ``cfg.eps``."""
     batches = ((x.to(device), y.to(device)) for x, y in make_loader(test, cfg.batch_size, shuffle=False))
-    return certified_accuracy(model, batches, sorted({*CURVE, cfg.eps}), lipschitz=lipschitz)
+    return certified_accuracy_percent(model, batches, sorted({*CURVE, cfg.eps}), lipschitz=lipschitz)
 
 
 def _attack_test_set(
@@ -206,9 +206,9 @@ def evaluate(
         "dataset": model.config.dataset,
         "n_test": cert["n"],
         "eps": cfg.eps,
-        "clean": percent(cert["clean"]),
+        "clean": cert["clean"],
         "lipschitz": L,
-        "certified": {eps_key(e): percent(acc) for e, acc in cert["certified"].items()},
+        "certified": {eps_key(e): acc for e, acc in cert["certified"].items()},
         "pgd": {key: percent(robust["pgd"])},
         "pgd_paper_attack": {key: percent(robust["pgd_paper_attack"])},
         "pgd_n": robust["n"],

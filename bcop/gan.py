@@ -29,9 +29,10 @@ from safetensors.torch import load_file
 from torch import nn
 
 from bcop.certify import certify
+from bcop.checkpoint import check_resumable, load_state, save_state
 from bcop.data import load_dataset
-from bcop.hub import checkpoints_dir, fetch_folder, load_model, save_folder
-from bcop.train import changed_options, load_state, save_state
+from bcop.factory import create_model
+from bcop.hub import checkpoints_dir, fetch_folder, save_folder
 
 __all__ = [
     "GENERATOR_NAME",
@@ -155,16 +156,6 @@ def _adam(model: nn.Module, cfg: GanConfig) -> torch.optim.Adam:
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
 
 
-def _check_resumable(state: Path, cfg: GanConfig) -> None:
-    previous = json.loads((state / "generator" / "state.json").read_text())["config"]
-    changed = changed_options(previous, dataclasses.asdict(cfg), ("steps", "out"))
-    if changed:
-        raise ValueError(
-            f"{state} was trained with other options ({'; '.join(changed)}): continue it with the original "
-            "ones (only --steps may change) or use another --out"
-        )
-
-
 def _critic_step(
     gen: Generator, critic: Critic, opt: torch.optim.Optimizer, real: torch.Tensor, cfg: GanConfig
 ) -> tuple[float, float]:
@@ -190,7 +181,7 @@ def train_gan(cfg: GanConfig, log_every: int = 50) -> dict[str, Any]:
     step, record = 0, {}
     state = out / "state"
     if (state / "generator" / "state.json").is_file():
-        _check_resumable(state, cfg)
+        check_resumable(state / "generator", dataclasses.asdict(cfg), ("steps", "out"))
         step = load_state(state / "critic", critic, opt_c)["step"]
         step = load_state(state / "generator", gen, opt_g)["step"]
     metrics_path = out / "metrics.json"
@@ -236,7 +227,7 @@ def save_generator(gen: Generator, folder: str | Path, card: str | None = None) 
 def load_generator(name_or_repo_or_path: str | Path = GENERATOR_NAME, **hub_options: Any) -> Generator:
     """A generator from a folder, a Hub repo id or its name (``"wgan-gp-mnist"``: the Hub repo of
     :func:`bcop.hub.hub_owner`, else ``checkpoints/wgan-gp-mnist``), found as
-    :func:`bcop.hub.load_model` finds a classifier; in eval mode.
+    :func:`bcop.create_model` finds a trained classifier; in eval mode.
 
     Args:
         name_or_repo_or_path: where the generator is.
@@ -288,7 +279,7 @@ def generator_quality(
         ``{"n", "classifier", "threshold", "class_share": [10 floats in [0, 1]],
         "confident_share", "confident_share_real"}``.
     """
-    classifier = load_model("bcop-large-mnist").model
+    classifier = create_model("bcop-large-mnist", pretrained=True)
     fake = gen.sample(n, torch.Generator().manual_seed(seed))
     real = load_dataset("mnist", "test").tensors[0][:n]
     shares = []
@@ -335,7 +326,7 @@ datasets: [mnist]
 
 A WGAN-GP generator of 28x28 MNIST digits (pixel values in [0, 1]), the generated side of the
 real-vs-generated pair on which `bcop.wasserstein` compares Lipschitz critics. It is not a
-classifier and is not in `bcop.MODEL_NAMES`.
+classifier and is not in `bcop.list_models()`.
 
 ![samples](samples.png)
 

@@ -44,7 +44,8 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from bcop.models import MODEL_NAMES, LipschitzNet, ModelConfig, build_model
+from bcop.deprecation import deprecated_names
+from bcop.models import LipschitzNet, ModelConfig, list_models
 
 __all__ = [
     "CONFIG_FILE",
@@ -52,7 +53,6 @@ __all__ = [
     "CARD_FILE",
     "EVAL_RESULTS_FILE",
     "HUB_OWNER",
-    "PRETRAINED_MODELS",
     "CorruptDownloadError",
     "LoadedModel",
     "hub_owner",
@@ -64,7 +64,6 @@ __all__ = [
     "load_model",
     "fetch_folder",
     "load_folder",
-    "push_to_hub",
 ]
 
 CONFIG_FILE = "config.json"
@@ -76,15 +75,6 @@ LIBRARY_NAME = "bcop"
 HUB_OWNER = "bcop-lipschitz"
 """The Hub user or organisation that holds the pretrained models (``HUB_OWNER/NAME``)."""
 
-PRETRAINED_MODELS: tuple[str, ...] = (
-    "bcop-large-mnist",
-    "rko-large-mnist",
-    "ossn-large-mnist",
-    "svcm-large-mnist",
-    "bcop-small-mnist",
-    "plain-large-mnist",
-)
-"""The shipped classifiers: folders of ``checkpoints/`` and repos under :func:`hub_owner`."""
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _reachable: dict[str, bool] = {}  # Hub endpoint -> answer of its one probe (Note [One probe per process])
@@ -106,6 +96,8 @@ class LoadedModel:
         location: the folder it was read from (for the Hub: the cache snapshot of one commit).
         repo_id: the Hub repo id when downloaded, else None.
         card: the model card text ("" when there is none).
+        commit: the Hub commit the files were read from (all of them: see :func:`_download`),
+            else None.
     """
 
     model: LipschitzNet
@@ -113,6 +105,7 @@ class LoadedModel:
     location: Path
     repo_id: str | None
     card: str
+    commit: str | None = None
 
 
 def hub_owner() -> str:
@@ -241,7 +234,7 @@ def load_folder(folder: str | Path, expected_name: str | None = None) -> tuple[L
             raise FileNotFoundError(f"{folder} has no {name}: not a bcop model folder")
     config = _read_config(folder / CONFIG_FILE, expected_name)
     state = _read_weights(folder / WEIGHTS_FILE, expected_name)
-    model = build_model(config)
+    model = LipschitzNet(config)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -360,7 +353,7 @@ def _split_target(target: str, hub_namespace: str | None, known: Sequence[str]) 
 def fetch_folder(
     name_or_repo_or_path: str | Path,
     *,
-    known: Sequence[str] = MODEL_NAMES,
+    known: Sequence[str] = tuple(list_models()),
     revision: str | None = None,
     local_files_only: bool = False,
     hub_namespace: str | None = None,
@@ -441,14 +434,16 @@ def load_model(
         hub_namespace=hub_namespace,
     )
     name = str(name_or_repo_or_path).rsplit("/", 1)[-1]
-    asked_by_name = not Path(str(name_or_repo_or_path)).is_dir() and name in MODEL_NAMES
+    asked_by_name = not Path(str(name_or_repo_or_path)).is_dir() and name in list_models()
     try:
         model, card = load_folder(folder, name if asked_by_name else None)
     except ValueError as err:
         if repo_id is None:
             raise
         raise ValueError(f"the model downloaded from {repo_id} does not load: {err}") from err
-    return LoadedModel(model, "local" if repo_id is None else "hub", folder, repo_id, card)
+    # a Hub snapshot folder is named by its commit (huggingface_hub's cache layout)
+    commit = None if repo_id is None else folder.name
+    return LoadedModel(model, "local" if repo_id is None else "hub", folder, repo_id, card, commit)
 
 
 def _available() -> str:
@@ -502,9 +497,7 @@ def _download_or_explain(
         return None
 
 
-def push_to_hub(folder: str | Path, repo_id: str, token: str | None = None, private: bool = False) -> str:
-    """Upload a model folder to a Hub model repo (created if needed) in one commit; returns the
-    repo URL. :mod:`bcop.publish` publishes every shipped model and the Space at once."""
-    from bcop.publish import publish_model
-
-    return publish_model(folder, repo_id, token=token, private=private)
+_PRETRAINED = tuple(list_models(pretrained=True))
+__getattr__ = deprecated_names(
+    __name__, {"PRETRAINED_MODELS": ("bcop.list_models(pretrained=True)", _PRETRAINED)}
+)

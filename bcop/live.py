@@ -5,23 +5,23 @@ losses and per-layer gradient norms as they go (the demo's live experiment; usab
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
+from bcop.deprecation import deprecated_names
+from bcop.factory import create_model
 from bcop.gradnorm import LayerGradNorm, layer_gradient_norms
-from bcop.models import create_model
-from bcop.train import TrainConfig, make_loss, svcm_after_step, train_step
+from bcop.losses import LossFn, make_loss
+from bcop.train import TrainConfig, svcm_after_step, train_step
 
-__all__ = ["TrainingSnapshot", "train_side_by_side"]
-
-LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (logits, labels) -> scalar loss
+__all__ = ["TrainingSnapshot", "train_classifiers_side_by_side"]
 
 
 @dataclass
 class TrainingSnapshot:
-    """Progress of :func:`train_side_by_side`.
+    """Progress of :func:`train_classifiers_side_by_side`.
 
     Attributes:
         step: optimiser steps done so far (the same for every network).
@@ -107,7 +107,7 @@ class _SideBySide:
         )
 
 
-def train_side_by_side(
+def train_classifiers_side_by_side(
     names: Sequence[str],
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -151,3 +151,9 @@ def train_side_by_side(
         run.train_step(step, images[batch], labels[batch], loss_fn)
         if step % report_every == 0 or step == steps:
             yield run.snapshot(step)
+
+
+__getattr__ = deprecated_names(
+    __name__,
+    {"train_side_by_side": ("bcop.live.train_classifiers_side_by_side", train_classifiers_side_by_side)},
+)

@@ -1,5 +1,8 @@
 """The paper's networks (Small, Large, FC) for MNIST and CIFAR-10, and one registry of names.
 
+:func:`bcop.create_model` (in :mod:`bcop.factory`) is the way in; this module holds the
+networks, their configs and the registry it reads (:func:`list_models`).
+
 A model name is ``"{conv}-{arch}-{dataset}"``, optionally followed by ``-{activation}`` when
 the activation is not the default: ``bcop-large-mnist``, ``rko-small-cifar10``,
 ``plain-large-mnist``, ``bjorck-fc-mnist``, ``bcop-large-mnist-relu``. The same strings name
@@ -21,15 +24,16 @@ import torch
 from torch import nn
 
 from bcop.data import DATASET_SHAPES, NUM_CLASSES
+from bcop.deprecation import deprecated_names
 from bcop.layers import (
     PAPER_BJORCK,
     POLAR,
     BCOPConv2d,
-    BjorckLinear,
     InvertibleDownsample,
     LipschitzConv2d,
     LipschitzLinear,
     MaxMin,
+    OrthogonalLinear,
     OrthoParams,
     OSSNConv2d,
     PlainConv2d,
@@ -48,10 +52,8 @@ __all__ = [
     "PAPER_BJORCK",
     "ModelConfig",
     "LipschitzNet",
-    "MODEL_NAMES",
+    "list_models",
     "parse_model_name",
-    "build_model",
-    "create_model",
     "dense_layer",
 ]
 
@@ -203,23 +205,39 @@ def default_activation(conv: str) -> str:
     return "relu" if conv == "plain" else "maxmin"
 
 
-def _registry() -> list[str]:
+def _registry() -> tuple[str, ...]:
     names = []
     for dataset, arch in itertools.product(DATASETS, ARCHS):
         for conv in FC_LAYERS if arch == "fc" else CONVS:
             for act in ACTIVATIONS:
                 names.append(ModelConfig(arch, conv, dataset, act).name)
-    return names
+    return tuple(names)
 
 
-MODEL_NAMES: tuple[str, ...] = tuple(_registry())
+_NAMES: tuple[str, ...] = _registry()
+# The registry's pretrained flag: the names with trained weights (``checkpoints/NAME`` and the Hub
+# repo of that name), in the order the app offers them, the paper's headline model first.
+_PRETRAINED: tuple[str, ...] = (
+    "bcop-large-mnist",
+    "rko-large-mnist",
+    "ossn-large-mnist",
+    "svcm-large-mnist",
+    "bcop-small-mnist",
+    "plain-large-mnist",
+)
+
+
+def list_models(pretrained: bool = False) -> list[str]:
+    """The registry's names: every network :func:`bcop.create_model` builds, or with
+    ``pretrained=True`` only those that also come trained (in the app's order)."""
+    return list(_PRETRAINED if pretrained else _NAMES)
 
 
 def parse_model_name(name: str) -> ModelConfig:
     """``"bcop-large-mnist"`` -> ``ModelConfig``; unknown names raise a ValueError listing all."""
     parts = name.split("-") if isinstance(name, str) else []
-    if name not in MODEL_NAMES or len(parts) not in (3, 4):
-        raise ValueError(f"unknown model name {name!r}; known names: {', '.join(MODEL_NAMES)}")
+    if name not in _NAMES or len(parts) not in (3, 4):
+        raise ValueError(f"unknown model name {name!r}; known names: {', '.join(_NAMES)}")
     conv, arch, dataset = parts[:3]
     activation = parts[3] if len(parts) == 4 else default_activation(conv)
     return ModelConfig(arch=arch, conv=conv, dataset=dataset, activation=activation)
@@ -242,7 +260,7 @@ def dense_layer(config: ModelConfig, fin: int, fout: int) -> LipschitzLinear:
     (with the config's orthonormalisation settings), or unconstrained for plain networks."""
     if config.conv == "plain":
         return LipschitzLinear(fin, fout)
-    return BjorckLinear(fin, fout, ortho=config.ortho)
+    return OrthogonalLinear(fin, fout, ortho=config.ortho)
 
 
 def _activation(config: ModelConfig) -> nn.Module:
@@ -300,39 +318,29 @@ class LipschitzNet(nn.Sequential):
                 module.project_(rounds)
 
 
-def build_model(config: ModelConfig | dict[str, Any]) -> LipschitzNet:
-    """Build a freshly initialised network from a config (or its dict form)."""
+def _build_model(config: ModelConfig | dict[str, Any]) -> LipschitzNet:
+    """Deprecated ``build_model``: ``LipschitzNet(config)``, also from the dict form."""
     if isinstance(config, dict):
         config = ModelConfig.from_dict(config)
     return LipschitzNet(config)
 
 
-def create_model(name: str, pretrained: bool = False, **overrides: Any) -> LipschitzNet:
-    """Create a network by registry name: freshly initialised, or the trained one.
-
-    Args:
-        name: e.g. ``"bcop-large-mnist"`` (see ``MODEL_NAMES``).
-        pretrained: return the trained model (eval mode) through :func:`bcop.hub.load_model`:
-            from the Hub when it is reachable, else from ``checkpoints/``, else a clear error.
-        **overrides: config fields to change in a fresh model, e.g.
-            ``ortho=OrthoParams("bjorck", 20)``; a pretrained model takes none.
-
-    Raises:
-        ValueError: unknown name, overrides with ``pretrained=True``, or no trained weights.
-        TypeError: an override that is not a :class:`ModelConfig` field.
-    """
-    config = parse_model_name(name)
+def _fresh_model(name: str, pretrained: bool = False, **overrides: Any) -> LipschitzNet:
+    """Deprecated ``bcop.models.create_model``: a fresh network by name (trained ones come from
+    :func:`bcop.create_model`, which sits above the Hub code this module may not import)."""
     if pretrained:
-        if overrides:
-            raise ValueError(
-                "a pretrained model keeps the config it was trained with; drop "
-                f"{', '.join(sorted(overrides))} or pass pretrained=False"
-            )
-        from bcop.hub import load_model  # bcop.hub builds models with this module
+        raise ValueError(
+            f"bcop.models.create_model no longer loads trained weights: use "
+            f"bcop.create_model({name!r}, pretrained=True)"
+        )
+    return LipschitzNet(dataclasses.replace(parse_model_name(name), **overrides))
 
-        return load_model(name).model
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    unknown = sorted(set(overrides) - fields)
-    if unknown:
-        raise TypeError(f"create_model() got unknown config fields {unknown}; fields: {sorted(fields)}")
-    return LipschitzNet(dataclasses.replace(config, **overrides))
+
+__getattr__ = deprecated_names(
+    __name__,
+    {
+        "MODEL_NAMES": ("bcop.list_models()", _NAMES),
+        "build_model": ("bcop.models.LipschitzNet(ModelConfig.from_dict(config))", _build_model),
+        "create_model": ("bcop.create_model", _fresh_model),
+    },
+)

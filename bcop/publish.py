@@ -3,7 +3,7 @@
     python -m bcop.publish --owner OWNER [--space NAME] [--token TOKEN] [--private] [--dry-run]
 
 Each model folder of ``checkpoints/`` becomes the model repo ``OWNER/NAME``: the classifiers of
-:data:`bcop.hub.PRETRAINED_MODELS` and, as their own kind with their own card, any generator
+:func:`bcop.list_models` ``(pretrained=True)`` and, as their own kind with their own card, any generator
 (``"kind": "generator"`` in its config). Then the Space ``OWNER/NAME`` (default ``bcop``)
 receives the app (``app.py``, ``demo/``, ``bcop/``, ``examples/``), the runtime
 ``requirements.txt``, ``LICENSE``, ``.gitattributes``, the model folders as its fallback, and
@@ -31,11 +31,11 @@ from bcop.hub import (
     CARD_FILE,
     CONFIG_FILE,
     HUB_OWNER,
-    PRETRAINED_MODELS,
     checkpoints_dir,
     hub_owner,
     load_folder,
 )
+from bcop.models import list_models
 
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
@@ -87,23 +87,23 @@ def _kind(folder: Path) -> str:
 
 
 def model_folders(root: Path | None = None) -> list[Path]:
-    """The folders to publish: every classifier of PRETRAINED_MODELS, then the generators.
+    """The folders to publish: every classifier of ``list_models(pretrained=True)``, then the generators.
 
     Raises:
         FileNotFoundError: a shipped classifier is missing.
         ValueError: a shipped classifier does not load under its name.
     """
     root = checkpoints_dir() if root is None else root
-    missing = [name for name in PRETRAINED_MODELS if not (root / name / CONFIG_FILE).is_file()]
+    missing = [name for name in list_models(pretrained=True) if not (root / name / CONFIG_FILE).is_file()]
     if missing:
         names = ", ".join(missing)
         raise FileNotFoundError(f"{root} lacks the shipped models {names}; restore checkpoints/ first")
-    for name in PRETRAINED_MODELS:
+    for name in list_models(pretrained=True):
         load_folder(root / name, expected_name=name)  # refuse to publish what would not load
     generators = sorted(
         p for p in root.iterdir() if (p / CONFIG_FILE).is_file() and _kind(p) == GENERATOR_KIND
     )
-    return [root / name for name in PRETRAINED_MODELS] + generators
+    return [root / name for name in list_models(pretrained=True)] + generators
 
 
 def model_uploads(owner: str, folders: Sequence[Path]) -> list[Upload]:
@@ -117,7 +117,7 @@ def space_header(readme: str, owner: str) -> str:
     from huggingface_hub import SpaceCard
 
     card = SpaceCard(_for_owner(readme, owner))
-    repos = [f"{owner}/{name}" for name in PRETRAINED_MODELS]
+    repos = [f"{owner}/{name}" for name in list_models(pretrained=True)]
     card.data.models = repos
     card.data.preload_from_hub = [f"{repo} {','.join(PRELOADED_FILES)}" for repo in repos]
     return str(card)

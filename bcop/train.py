@@ -24,47 +24,36 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
-from collections.abc import Callable, Collection
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 from tqdm import tqdm
 
-from bcop.certify import certified_accuracy, full_float32
+from bcop import checkpoint, hardware, losses
+from bcop.certify import count_certified, full_float32
 from bcop.cli import add_options, from_args, option
 from bcop.data import TRAIN_SPLITS, load_dataset, make_loader
+from bcop.deprecation import deprecated_names
+from bcop.factory import create_model
 from bcop.hub import load_folder, save_model
-from bcop.models import LipschitzNet, OrthoParams, create_model, parse_model_name
+from bcop.models import LipschitzNet, OrthoParams, parse_model_name
 from bcop.orthogonal import ORTHO_METHODS
 
 __all__ = [
-    "LOSSES",
     "TrainConfig",
-    "multiclass_hinge",
-    "make_loss",
     "train_step",
-    "save_state",
-    "changed_options",
-    "load_state",
     "exponential_lr",
     "svcm_after_step",
     "train",
+    "export_best",
     "main",
 ]
-
-LOSSES: tuple[str, ...] = ("hinge", "ce")
-"""The training losses, by the names :func:`make_loss` takes (``TrainConfig.loss`` also takes
-``"auto"``). Attacks maximise other objectives: :data:`bcop.attacks.LOSSES`."""
-AUTO_LOSS = "auto"
 
 
 @dataclasses.dataclass
@@ -91,9 +80,9 @@ class TrainConfig:
     lr: float = option(1e-3, "Adam's learning rate in the first epoch")
     lr_decay: float = option(0.96235, "learning rate factor per epoch: epoch e trains at lr * lr_decay**e")
     loss: str = option(
-        AUTO_LOSS,
+        losses.AUTO_LOSS,
         "training loss; auto: cross-entropy for plain- networks, the hinge loss otherwise",
-        choices=(AUTO_LOSS, *LOSSES),
+        choices=(losses.AUTO_LOSS, *losses.TRAINING_LOSSES),
     )
     hinge_eps: float = option(1.5, "hinge margin hinge_eps * sqrt(2): zero loss certifies this L2 radius")
     select_eps: float = option(1.58, "L2 radius whose validation certified accuracy picks the best epoch")
@@ -116,34 +105,8 @@ class TrainConfig:
     )
 
     def resolved_loss(self) -> str:
-        """The loss this run trains with: ``loss``, or for ``"auto"`` cross-entropy on
-        unconstrained (``plain-``) networks and the hinge loss on Lipschitz ones."""
-        if self.loss != AUTO_LOSS and self.loss not in LOSSES:
-            raise ValueError(f"unknown loss {self.loss!r}; known: {', '.join((AUTO_LOSS, *LOSSES))}")
-        if self.loss != AUTO_LOSS:
-            return self.loss
-        return "ce" if self.model.startswith("plain-") else "hinge"
-
-
-def multiclass_hinge(logits: torch.Tensor, labels: torch.Tensor, margin: float) -> torch.Tensor:
-    """Multi-class hinge loss ``mean_i sum_{j != y_i} max(0, margin - (f_y - f_j)) / K``.
-
-    Args:
-        logits: (N, K).
-        labels: (N,).
-        margin: required logit gap; ``eps * sqrt(2) * L`` certifies radius eps at zero loss.
-    """
-    return F.multi_margin_loss(logits, labels, margin=margin)
-
-
-def make_loss(loss: str, hinge_eps: float = 1.5) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The training loss by name: ``"hinge"`` (margin ``hinge_eps * sqrt(2)``) or ``"ce"``."""
-    if loss == "hinge":
-        margin = hinge_eps * math.sqrt(2)
-        return lambda logits, y: multiclass_hinge(logits, y, margin)
-    if loss == "ce":
-        return F.cross_entropy
-    raise ValueError(f"unknown loss {loss!r}; known: {', '.join(LOSSES)}")
+        """The loss this run trains with (see :func:`bcop.losses.resolve_loss`)."""
+        return losses.resolve_loss(self.loss, self.model)
 
 
 def train_step(
@@ -151,7 +114,7 @@ def train_step(
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     y: torch.Tensor,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    loss_fn: losses.LossFn,
 ) -> tuple[float, float]:
     """One optimiser step; returns (loss, accuracy) on the batch."""
     model.train()
@@ -163,59 +126,9 @@ def train_step(
     return float(loss.detach()), float((logits.argmax(dim=1) == y).float().mean())
 
 
-# --- resumable state -------------------------------------------------------------------------
-
-
-def save_state(
-    folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer, info: dict[str, Any]
-) -> None:
-    """Write weights, optimiser moments and RNG state (safetensors) plus ``info`` (JSON)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    opt = optimizer.state_dict()
-    for idx, state in opt["state"].items():
-        for key, value in state.items():
-            tensors[f"optim.{idx}.{key}"] = torch.as_tensor(value).contiguous().cpu()
-    tensors["rng.torch"] = torch.get_rng_state()
-    tmp = folder / "state.safetensors.tmp"
-    save_file(tensors, str(tmp))
-    meta = {**info, "param_groups": opt["param_groups"]}
-    (folder / "state.json.tmp").write_text(json.dumps(meta, indent=2))
-    tmp.replace(folder / "state.safetensors")
-    (folder / "state.json.tmp").replace(folder / "state.json")
-
-
-def load_state(folder: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Restore what :func:`save_state` wrote into ``model``, ``optimizer`` and torch's RNG; returns
-    the ``info`` saved with it."""
-    tensors = load_file(str(folder / "state.safetensors"))
-    meta = json.loads((folder / "state.json").read_text())
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = value
-    optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
-    torch.set_rng_state(tensors["rng.torch"])
-    return meta
-
-
 # Fields a resumed run may change: how long it runs and where the files are. Everything else
 # fixes what the epochs so far were trained with, so changing it would splice two recipes.
 RESUME_MAY_CHANGE = frozenset({"epochs", "out", "data_root"})
-
-
-def changed_options(
-    previous: dict[str, Any], current: dict[str, Any], may_change: Collection[str]
-) -> list[str]:
-    """The options a resumed run would change, ``"--name old (was) != new (now)"`` each: every
-    setting but ``may_change`` fixes what the steps so far were trained with."""
-    return [
-        f"--{name.replace('_', '-')} {previous[name]} (was) != {current[name]} (now)"
-        for name in current
-        if name not in may_change and name in previous and previous[name] != current[name]
-    ]
 
 
 def _check_resumable(folder: Path, cfg: TrainConfig) -> None:
@@ -223,60 +136,21 @@ def _check_resumable(folder: Path, cfg: TrainConfig) -> None:
     previous = json.loads((folder / "state.json").read_text())["config"]
     if previous["model"] != cfg.model:
         raise ValueError(f"{folder} holds a run of {previous['model']}, not {cfg.model}: use another --out")
-    changed = changed_options(previous, dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
-    if changed:
-        raise ValueError(
-            f"{folder} was trained with another recipe: {'; '.join(changed)}. Continue it with the "
-            "original options (only --epochs may change) or start a new run with another --out."
-        )
+    checkpoint.check_resumable(folder, dataclasses.asdict(cfg), RESUME_MAY_CHANGE)
 
 
 # --- the loop --------------------------------------------------------------------------------
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size), initialising the process group under torchrun."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
-
-
-def _device(rank: int) -> torch.device:
-    if torch.cuda.is_available():
-        torch.cuda.set_device(rank % torch.cuda.device_count())
-        return torch.device("cuda", rank % torch.cuda.device_count())
-    return torch.device("cpu")
-
-
-CPU_HARDWARE = "CPU ("  # how describe_hardware's CPU labels begin (after any "N x ")
-
-
-def is_cpu_hardware(label: str) -> bool:
-    """Whether a label written by :func:`describe_hardware` names CPU threads, not a GPU."""
-    return label.split(" x ", 1)[-1].startswith(CPU_HARDWARE)
-
-
-def describe_hardware(device: torch.device, world: int = 1) -> str:
-    """What an epoch ran on, for the metrics and the model card: the GPU's name, or the CPU
-    threads torch used; prefixed with the process count under ``torchrun``."""
-    if device.type == "cuda":
-        what = torch.cuda.get_device_name(device)
-    else:
-        threads = torch.get_num_threads()
-        what = f"{CPU_HARDWARE}{threads} thread{'' if threads == 1 else 's'})"
-    return f"{world} x {what}" if world > 1 else what
 
 
 @torch.no_grad()
 def _validate(model: LipschitzNet, loader: DataLoader, eps: float, device: torch.device) -> dict[str, float]:
     model.eval()
     batches = ((x.to(device), y.to(device)) for x, y in loader)
-    result = certified_accuracy(model, batches, [eps])
-    return {
-        "val_clean": result["clean"],
-        "val_certified": result["certified"][eps],
-        "lipschitz": result["lipschitz"],
+    counts = count_certified(model, batches, [eps])
+    return {  # fractions in [0, 1], as the training accuracy
+        "val_clean": counts.correct / counts.n,
+        "val_certified": counts.certified[eps] / counts.n,
+        "lipschitz": counts.lipschitz,
     }
 
 
@@ -334,7 +208,7 @@ def _resume(cfg: TrainConfig, out: Path, model: nn.Module, optimizer: torch.opti
     if not (folder / "state.json").is_file():
         return _Progress()
     _check_resumable(folder, cfg)
-    meta = load_state(folder, model, optimizer)
+    meta = checkpoint.load_state(folder, model, optimizer)
     return _Progress(
         meta["epoch"] + 1, meta["best_score"], meta["cpu_seconds"], meta["wall_seconds"], meta["history"]
     )
@@ -354,7 +228,7 @@ def _checkpoint(run: _Run, progress: _Progress, epoch: int) -> None:
         "history": progress.history,
         "config": config,
     }
-    save_state(run.out / "state", run.model, run.optimizer, info)
+    checkpoint.save_state(run.out / "state", run.model, run.optimizer, info)
 
 
 def _training_data(cfg: TrainConfig, dataset: str) -> tuple[Dataset, DataLoader]:
@@ -368,7 +242,7 @@ def _training_data(cfg: TrainConfig, dataset: str) -> tuple[Dataset, DataLoader]
 
 def _setup(cfg: TrainConfig, rank: int, world: int) -> tuple[_Run, _Progress]:
     """Build the run's model, optimiser and data, resuming from ``OUT/state`` when it exists."""
-    device = _device(rank)
+    device = hardware.process_device(rank)
     out = Path(cfg.out or f"runs/{cfg.model}")
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model, ortho=OrthoParams(cfg.ortho_method, cfg.bjorck_iters))
@@ -401,8 +275,8 @@ def _train_epoch(run: _Run, epoch: int, step: int, show_progress: bool) -> tuple
     """One pass over the training data, with the SVCM projections after the steps and the
     epoch. Returns the mean training loss and accuracy, and the step count so far."""
     cfg = run.cfg
-    loss_fn = make_loss(cfg.resolved_loss(), cfg.hinge_eps)
-    losses, accs = [], []
+    loss_fn = losses.make_loss(cfg.resolved_loss(), cfg.hinge_eps)
+    batch_losses, accs = [], []
     bar = tqdm(
         _epoch_loader(run, epoch),
         desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
@@ -413,18 +287,18 @@ def _train_epoch(run: _Run, epoch: int, step: int, show_progress: bool) -> tuple
     for x, y in bar:
         x, y = x.to(run.device), y.to(run.device)
         loss, acc = train_step(run.train_model, run.optimizer, x, y, loss_fn)
-        losses.append(loss)
+        batch_losses.append(loss)
         accs.append(acc)
         step += 1
         svcm_after_step(run.model, step, cfg.svcm_every, cfg.svcm_rounds)
-        recent_loss, recent_acc = losses[-50:], accs[-50:]
+        recent_loss, recent_acc = batch_losses[-50:], accs[-50:]
         bar.set_postfix(
             loss=f"{sum(recent_loss) / len(recent_loss):.4f}",
             acc=f"{sum(recent_acc) / len(recent_acc):.4f}",
             refresh=False,  # drawn with the step count at the bar's own interval
         )
     run.model.project_(cfg.svcm_epoch_rounds)
-    return {"train_loss": sum(losses) / len(losses), "train_acc": sum(accs) / len(accs)}, step
+    return {"train_loss": sum(batch_losses) / len(batch_losses), "train_acc": sum(accs) / len(accs)}, step
 
 
 def _keep_if_best(run: _Run, progress: _Progress, record: dict[str, Any]) -> None:
@@ -458,7 +332,7 @@ def _end_epoch(run: _Run, progress: _Progress, epoch: int, stats: dict[str, floa
         **stats,
         **_validate(run.model, run.val_loader, run.cfg.select_eps, run.device),
         "epoch_wall_seconds": time.perf_counter() - started,
-        "hardware": describe_hardware(run.device, run.world),
+        "hardware": hardware.describe_hardware(run.device, run.world),
         "wall_seconds": progress.wall_seconds,
         "cpu_seconds": progress.cpu_seconds,
     }
@@ -487,7 +361,7 @@ def train(cfg: TrainConfig, show_progress: bool = True) -> dict[str, Any]:
     if cfg.train_split not in TRAIN_SPLITS:
         choices = ", ".join(TRAIN_SPLITS)
         raise ValueError(f"unknown train split {cfg.train_split!r}: expected one of {choices}")
-    run, progress = _setup(cfg, *_distributed())
+    run, progress = _setup(cfg, *hardware.init_distributed())
     step = progress.epoch * math.ceil(len(run.train_set) / cfg.batch_size)
     for epoch in range(progress.epoch, cfg.epochs):
         lr = exponential_lr(run.optimizer, cfg.lr, cfg.lr_decay, epoch)
@@ -531,6 +405,21 @@ def _parse(argv: list[str] | None) -> TrainConfig:
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     train(_parse(argv))
+
+
+__getattr__ = deprecated_names(
+    __name__,
+    {
+        "LOSSES": ("bcop.losses.TRAINING_LOSSES", losses.TRAINING_LOSSES),
+        "multiclass_hinge": ("bcop.losses.multiclass_hinge", losses.multiclass_hinge),
+        "make_loss": ("bcop.losses.make_loss", losses.make_loss),
+        "save_state": ("bcop.checkpoint.save_state", checkpoint.save_state),
+        "load_state": ("bcop.checkpoint.load_state", checkpoint.load_state),
+        "changed_options": ("bcop.checkpoint.changed_options", checkpoint.changed_options),
+        "describe_hardware": ("bcop.hardware.describe_hardware", hardware.describe_hardware),
+        "is_cpu_hardware": ("bcop.hardware.is_cpu_hardware", hardware.is_cpu_hardware),
+    },
+)
 
 
 if __name__ == "__main__":

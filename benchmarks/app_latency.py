@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import app  # noqa: E402
 from bcop.attacks import pgd_l2  # noqa: E402
-from bcop.data import to_mnist_format  # noqa: E402
+from bcop.preprocess import to_mnist_format  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     EXAMPLE,
     HOST,

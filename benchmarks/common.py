@@ -32,8 +32,8 @@ def prepare_checkpoints(source: Path, workdir: Path, models: list[str] = MODELS)
     (untrained, as fast) ones else. Returns the folder and the names of the fresh models."""
     import torch
 
+    from bcop import create_model
     from bcop.hub import save_model
-    from bcop.models import create_model
 
     folder = workdir / "checkpoints"
     folder.mkdir()

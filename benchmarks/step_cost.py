@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from bcop.export import export
+from bcop.factory import create_model
 from bcop.hub import load_folder
-from bcop.layers import BCOPConv2d, BjorckLinear
-from bcop.models import create_model
+from bcop.layers import BCOPConv2d, OrthogonalLinear
 from bcop.orthogonal import conv_singular_values
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,7 +198,7 @@ def bench_train_orthogonality() -> list[dict]:
         for i, raw in enumerate(raws):
             conditioned_(raw, cond, 256, seed=i)
         kernel_error = _sigma_error(conv_singular_values(conv.weight.detach().double(), 8))
-        dense = BjorckLinear(3136, 512).train()
+        dense = OrthogonalLinear(3136, 512).train()
         raw = dense.parametrizations.weight.original
         conditioned_(raw, cond, 3136)
         applied = dense(torch.eye(3136)) - dense.bias

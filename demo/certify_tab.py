@@ -31,7 +31,6 @@ from demo.errors import friendly, log, validated
 from demo.inputs import (
     NO_IMAGE_MESSAGE,
     current_input,
-    has_drawing,
     model_input,
     png_file,
     readable_upload,
@@ -39,6 +38,7 @@ from demo.inputs import (
 from demo.store import ModelStore
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLES = tuple(sorted(EXAMPLES_DIR.glob("digit_*.png")))
 LANDING_EXAMPLE = EXAMPLES_DIR / "digit_7_0.png"
 EPS_MIN, EPS_MAX, EPS_DEFAULT = 0.05, 5.0, 1.58
 VACUOUS_LIPSCHITZ = 2.0  # above this bound a certificate says next to nothing (see _certificate_line)
@@ -184,24 +184,36 @@ class Actions:
         return _certify_outputs(self.store, model_input(sketch, upload), names)
 
     @friendly
-    def from_sketch(self, sketch: dict | None, upload: str | None, models: list[str]) -> tuple[Any, ...]:
-        """A stroke (or Clear) on the canvas: the drawing becomes the input, the upload goes."""
-        if not has_drawing(sketch) and upload is not None:
-            return _unchanged(1)  # cleared because an upload became the input
+    def from_sketch(self, sketch: dict | None, models: list[str], source: str = "draw") -> tuple[Any, ...]:
+        """A stroke (or Clear) on the canvas: the drawing becomes the input, the upload goes;
+        nothing changes when the visitor is no longer on the Draw tab (``source``; see
+        Note [the last input wins] in ``_wire_inputs``)."""
+        if source != "draw":
+            return _unchanged(1)
         return None, *_follow(self.store, current_input(sketch, None), models)
 
     @friendly
-    def from_upload(self, upload: str | None, sketch: dict | None, models: list[str]) -> tuple[Any, ...]:
-        """An upload or an example becomes the input (the drawing goes); removing it clears."""
+    def from_upload(self, upload: str | None, models: list[str]) -> tuple[Any, ...]:
+        """A file uploaded: it becomes the input and the drawing goes. An unusable file is removed
+        (no broken image stays on show) and the summary and a warning say why; removing the
+        file clears the results."""
         if upload is None:
-            if has_drawing(sketch):
-                return _unchanged(2)  # removed because a drawing became the input
             return gr.skip(), gr.skip(), *_nothing()
         try:
             x = model_input(None, upload)
         except ValueError as err:
-            return None, gr.Tabs(selected="upload"), *_unusable(str(err))
-        return None, gr.Tabs(selected="upload"), *_follow(self.store, x, models)
+            return None, None, *_unusable(str(err))
+        return None, gr.skip(), *_follow(self.store, x, models)
+
+    @friendly
+    def from_example(self, index: int, models: list[str]) -> tuple[Any, ...]:
+        """An example picked: it becomes the input, shown on the Upload tab, and the drawing goes.
+        The image and its results arrive in one update, so they always agree."""
+        if not (isinstance(index, int) and 0 <= index < len(EXAMPLES)):
+            raise ValueError(f"choose an example between 0 and {len(EXAMPLES) - 1}, got {index!r}")
+        path = str(EXAMPLES[index])
+        x = model_input(None, path)
+        return None, path, *_follow(self.store, x, models)
 
     @friendly
     def from_models(self, sketch: dict | None, upload: str | None, models: list[str]) -> tuple[Any, ...]:
@@ -282,9 +294,21 @@ def landing(store: ModelStore) -> dict[str, Any]:
 # --- layout and events ----------------------------------------------------------------------------
 
 
-def _input_column(start: dict[str, Any]) -> tuple[gr.Tabs, gr.Sketchpad, gr.Image]:
-    with gr.Tabs(selected="upload" if start else "draw") as input_tabs:
-        with gr.Tab("Draw", id="draw"):
+@dataclass
+class _Inputs:
+    tabs: gr.Tabs
+    draw_tab: gr.Tab
+    upload_tab: gr.Tab
+    sketch: gr.Sketchpad
+    upload: gr.Image
+    examples: gr.Dataset
+    source: gr.State  # "draw" or "upload": the input tab the visitor is on
+
+
+def _input_column(start: dict[str, Any]) -> _Inputs:
+    first = "upload" if start else "draw"
+    with gr.Tabs(selected=first) as input_tabs:
+        with gr.Tab("Draw", id="draw") as draw_tab:
             sketch = gr.Sketchpad(
                 label="Draw a digit",
                 type="numpy",
@@ -295,7 +319,7 @@ def _input_column(start: dict[str, Any]) -> tuple[gr.Tabs, gr.Sketchpad, gr.Imag
                 transforms=(),
                 elem_id="sketch-input",
             )
-        with gr.Tab("Upload", id="upload"):
+        with gr.Tab("Upload", id="upload") as upload_tab:
             upload = readable_upload(
                 gr.Image(
                     value=start.get("upload"),
@@ -307,21 +331,23 @@ def _input_column(start: dict[str, Any]) -> tuple[gr.Tabs, gr.Sketchpad, gr.Imag
                     elem_id="upload-input",
                 )
             )
-    examples = sorted(EXAMPLES_DIR.glob("digit_*.png"))
-    gr.Examples(
-        examples=[[str(p)] for p in examples],
-        inputs=[upload],
+    # A Dataset with its own event, not gr.Examples: an example then arrives as a plain value with
+    # its results (gr.Examples sends the upload a component update, after which Gradio serves
+    # that session a new copy of the component, without readable_upload's checks).
+    examples = gr.Dataset(
+        components=[gr.Image(type="filepath", render=False)],
+        samples=[[str(p)] for p in EXAMPLES],
+        type="index",
         label="Or pick an MNIST test digit",
-        examples_per_page=len(examples) or 1,
+        samples_per_page=len(EXAMPLES) or 1,
+        elem_id="examples",
     )
-    return input_tabs, sketch, upload
+    return _Inputs(input_tabs, draw_tab, upload_tab, sketch, upload, examples, gr.State(first))
 
 
 @dataclass
 class _Widgets:
-    input_tabs: gr.Tabs
-    sketch: gr.Sketchpad
-    upload: gr.Image
+    inputs: _Inputs
     models: gr.CheckboxGroup
     epsilon: gr.Slider
     certify_btn: gr.Button
@@ -335,33 +361,54 @@ class _Widgets:
 
 
 def _results(start: dict[str, Any]) -> tuple[list[Component], list[Component], gr.Column, gr.Column]:
-    """The certificate's table, chart and summary, then the attack's; their frames are hidden
+    """The certificates' table and chart, then the attack's results; their frames are hidden
     while they are empty (no image; no attack yet)."""
-    summary = gr.Markdown(start.get("summary", NO_IMAGE_SUMMARY), elem_id="certify-summary")
     with gr.Column(visible=bool(start)) as certify_box:
         table = gr.Dataframe(
             value=start.get("table"),
             headers=[*CERTIFY_COLUMNS, "loaded from"],
             label="Certificates",
             interactive=False,
-            wrap=True,
+            elem_classes=["results-table"],
         )
         chart = gr.Plot(value=start.get("chart"), label="Probabilities")
     with gr.Column(visible=False) as attack_box:
-        attack_md = gr.Markdown(elem_id="attack-summary")
+        attack_md = gr.Markdown(label="Attack summary", show_label=False, elem_id="attack-summary")
         bounds_plot = gr.Plot(label="Certified radius vs. attack")
         gr.Markdown(BOUNDS_CAPTION)
-        attack_table = gr.Dataframe(headers=ATTACK_COLUMNS, label="Attacks", interactive=False, wrap=True)
+        attack_table = gr.Dataframe(
+            headers=ATTACK_COLUMNS,
+            label="Attacks",
+            interactive=False,
+            elem_classes=["results-table"],
+        )
         attack_plot = gr.Plot(label="Adversarial images and perturbations")
-    certified, attacked = [table, chart, summary], [attack_plot, attack_table, bounds_plot, attack_md]
-    return certified, attacked, certify_box, attack_box
+    return [table, chart], [attack_plot, attack_table, bounds_plot, attack_md], certify_box, attack_box
+
+
+def _controls(store: ModelStore, start: dict[str, Any]) -> tuple[Component, ...]:
+    """The models to use, Certify, and the attack's radius, button and status."""
+    models = validated(gr.CheckboxGroup(store.names, value=store.defaults(), label="Models"))
+    certify_btn = gr.Button("Certify", variant="primary")
+    preprocess_btn = gr.Button("Preprocess", visible=False)  # API endpoint only
+    epsilon = validated(
+        gr.Slider(EPS_MIN, EPS_MAX, value=EPS_DEFAULT, step=0.01, label="Attack radius ε (L2)")
+    )
+    attack_btn = gr.Button(
+        "Attack (PGD + smallest-perturbation search)", interactive=bool(start), elem_id="attack-button"
+    )
+    attack_status = gr.Markdown(ATTACK_PROMPT if start else "", elem_id="attack-status", min_height=60)
+    return models, certify_btn, preprocess_btn, epsilon, attack_btn, attack_status
 
 
 def _layout(store: ModelStore, start: dict[str, Any]) -> _Widgets:
-    with gr.Row():
-        with gr.Column(scale=2):
-            input_tabs, sketch, upload = _input_column(start)
-        with gr.Column(scale=1):
+    """Left the input; right what the models see and, under it, the first results (within the
+    first screen at 1024×768), then the controls; the tables and charts below both."""
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, min_width=320):
+            inputs = _input_column(start)
+            gr.Markdown(DIGITS_ONLY, elem_id="digits-only")
+        with gr.Column(scale=1, min_width=320):
             preview = gr.Image(
                 value=start.get("preview"),
                 label="What the models see (28×28, MNIST format)",
@@ -369,28 +416,20 @@ def _layout(store: ModelStore, start: dict[str, Any]) -> _Widgets:
                 image_mode="L",
                 interactive=False,
                 format="png",
-                height=224,
+                height=168,
                 elem_id="model-input",
             )
-            gr.Markdown(DIGITS_ONLY, elem_id="digits-only")
-            models = validated(gr.CheckboxGroup(store.names, value=store.defaults(), label="Models"))
-            certify_btn = gr.Button("Certify", variant="primary")
-            preprocess_btn = gr.Button("Preprocess", visible=False)  # API endpoint only
-            epsilon = validated(
-                gr.Slider(EPS_MIN, EPS_MAX, value=EPS_DEFAULT, step=0.01, label="Attack radius ε (L2)")
+            summary = gr.Markdown(
+                start.get("summary", NO_IMAGE_SUMMARY),
+                label="Summary",
+                show_label=False,
+                elem_id="certify-summary",
             )
-            attack_btn = gr.Button(
-                "Attack (PGD + smallest-perturbation search)",
-                interactive=bool(start),
-                elem_id="attack-button",
-            )
-            attack_status = gr.Markdown(
-                ATTACK_PROMPT if start else "", elem_id="attack-status", min_height=60
-            )
-    certified, attacked, certify_box, attack_box = _results(start)
+            models, certify_btn, preprocess_btn, epsilon, attack_btn, attack_status = _controls(store, start)
+    (table, chart), attacked, certify_box, attack_box = _results(start)
     return _Widgets(
-        input_tabs, sketch, upload, models, epsilon, certify_btn, preprocess_btn, attack_btn, attack_status,
-        [preview, *certified], attacked, attack_box, certify_box,
+        inputs, models, epsilon, certify_btn, preprocess_btn, attack_btn, attack_status,
+        [preview, table, chart, summary], attacked, attack_box, certify_box,
     )  # fmt: skip
 
 
@@ -407,7 +446,7 @@ def _wire_attack(actions: Actions, w: _Widgets) -> gr.events.Dependency:
     )
     running = busy.then(
         actions.attack,
-        [w.sketch, w.upload, w.models, w.epsilon],
+        [w.inputs.sketch, w.inputs.upload, w.models, w.epsilon],
         w.attacked,
         api_name="attack",
         concurrency_id="attack",
@@ -422,28 +461,58 @@ def _wire_attack(actions: Actions, w: _Widgets) -> gr.events.Dependency:
         queue=False,
         **PRIVATE,
     )
-    running.failure(actions.attack_stopped, [w.sketch, w.upload, w.models], ended, queue=False, **PRIVATE)
+    image = [w.inputs.sketch, w.inputs.upload]
+    running.failure(actions.attack_stopped, [*image, w.models], ended, queue=False, **PRIVATE)
     return running
+
+
+def _wire_inputs(actions: Actions, w: _Widgets, following: list[Component], running: Any) -> None:
+    """A new input (a stroke or Clear, an upload or its removal, an example) and a new choice of
+    models update the results; only the visitor's own actions trigger these, not the values the
+    handlers set, so no update sets off another.
+
+    Note [the last input wins]: an input's update cancels the other inputs' updates still under
+    way (and a running attack), so the results shown are the last input's. A stroke's event can
+    fire a moment after the stroke, later than a click on an example that followed it: the
+    stroke then finds that the visitor has moved to the Upload tab (``source``, set at once on
+    every tab change and example click) and changes nothing. The Draw tab is the only place to
+    draw, so its selection cancels the updates for uploads instead of the stroke.
+    """
+    i, models = w.inputs, w.models
+    changed = {"trigger_mode": "always_last", "show_progress": "hidden", **PRIVATE, **FAST}
+    quick = {"queue": False, **PRIVATE}
+    by_sketch = i.sketch.input(
+        actions.from_sketch, [i.sketch, models, i.source], [i.upload, *following], **changed
+    )
+    upload_out = [i.sketch, i.upload, *following]
+    by_upload = i.upload.upload(actions.from_upload, [i.upload, models], upload_out, **changed)
+    by_clear = i.upload.clear(actions.from_upload, [i.upload, models], upload_out, **changed)
+    by_example = i.examples.click(
+        lambda: ("upload", gr.Tabs(selected="upload")),
+        None,
+        [i.source, i.tabs],
+        cancels=[running, by_sketch, by_upload, by_clear],
+        **quick,
+    ).then(actions.from_example, [i.examples, models], [i.sketch, i.upload, *following], **changed)
+    uploads = [by_upload, by_clear, by_example]
+    by_models = models.input(
+        actions.from_models, [i.sketch, i.upload, models], following, cancels=[running, by_sketch, *uploads],
+        **changed,
+    )  # fmt: skip
+    for trigger in (i.upload.upload, i.upload.clear):
+        trigger(None, cancels=[running, by_sketch, by_example, by_models], **quick)
+    i.sketch.input(None, cancels=[running, by_models], **quick)
+    i.draw_tab.select(lambda: "draw", None, [i.source], cancels=uploads, **quick)
+    i.upload_tab.select(lambda: "upload", None, [i.source], **quick)
 
 
 def create_tab(store: ModelStore) -> CertifyTab:
     """Build the tab inside an open ``gr.Tab``; it opens on the worked example (:func:`landing`)."""
     actions, w = Actions(store), _layout(store, landing(store))
-    image_inputs = [w.sketch, w.upload]
+    image_inputs = [w.inputs.sketch, w.inputs.upload]
     w.preprocess_btn.click(actions.preprocess, image_inputs, w.certified[:1], api_name="preprocess", **FAST)
     w.certify_btn.click(actions.certify, [*image_inputs, w.models], w.certified, api_name="certify", **FAST)
     running = _wire_attack(actions, w)
     following = [*w.certified, *w.attacked, w.attack_btn, w.attack_status, w.attack_box, w.certify_box]
-    changed = {
-        "cancels": [running],
-        "trigger_mode": "always_last",
-        "show_progress": "hidden",
-        **PRIVATE,
-        **FAST,
-    }
-    w.sketch.change(actions.from_sketch, [w.sketch, w.upload, w.models], [w.upload, *following], **changed)
-    w.upload.change(
-        actions.from_upload, [w.upload, w.sketch, w.models], [w.sketch, w.input_tabs, *following], **changed
-    )
-    w.models.input(actions.from_models, [*image_inputs, w.models], following, **changed)
-    return CertifyTab(w.sketch, w.upload)
+    _wire_inputs(actions, w, following, running)
+    return CertifyTab(w.inputs.sketch, w.inputs.upload)

@@ -217,25 +217,37 @@ def _jacobian_band(fig: go.Figure, name: str, layers: Sequence[LayerJacobian]) -
     fig.add_trace(band, row=1, col=2)
 
 
+def kept_fraction(norms: Sequence[LayerGradNorm]) -> list[float]:
+    """Each layer's gradient norm as a fraction of the gradient's norm at the output (the last
+    entry), per example, averaged: the fraction of the gradient's norm that reaches the layer.
+    The logit margin's gradient at the logits has norm √2, the same for every network."""
+    output = norms[-1].per_example
+    return [float((n.per_example / output).mean()) for n in norms]
+
+
 def gradnorm_figure(rows: Sequence[tuple[str, list[LayerGradNorm], list[LayerJacobian]]]) -> go.Figure:
-    """Left: this image's margin-gradient norm at each layer's input. Right: the range (smallest
-    to largest) of the singular values of the Jacobian of the logits at each layer's input."""
+    """Left: this image's margin gradient at each layer's input, as a fraction of its norm at the
+    logits (:func:`kept_fraction`). Right: the range (smallest to largest) of the singular values
+    of the Jacobian of the logits at each layer's input. The left value of a layer lies in its
+    band: the margin's gradient is the transposed Jacobian applied to one output direction."""
     fig = make_subplots(
         rows=1,
         cols=2,
         horizontal_spacing=0.1,
         subplot_titles=(
-            "One gradient, the logit margin's, at each layer's input",
+            "One gradient, the logit margin's: fraction of its norm kept",
             "Every output direction: Jacobian singular values, smallest to largest",
         ),
     )
     for name, norms, jacobian in rows:
         labels = [_layer_label(layer) for layer in jacobian]
-        fig.add_trace(_gradnorm_trace(name, labels, [n.mean for n in norms]), row=1, col=1)
+        fig.add_trace(_gradnorm_trace(name, labels, kept_fraction(norms)), row=1, col=1)
         _jacobian_band(fig, name, jacobian)
-    norms = [n.mean for _, layers, _ in rows for n in layers]
+    norms = [v for _, layers, _ in rows for v in kept_fraction(layers)]
     values = [float(v) for _, _, layers in rows for layer in layers for v in layer.singular_values]
-    fig.update_yaxes(title_text="‖∂ margin / ∂ layer input‖₂", row=1, col=1, **log_axis(norms))
+    fig.update_yaxes(
+        title_text="‖∂ margin / ∂ layer input‖₂ / ‖∂ margin / ∂ logits‖₂", row=1, col=1, **log_axis(norms)
+    )
     fig.update_yaxes(
         title_text="singular value of ∂ logits / ∂ layer input", row=1, col=2, **log_axis(values)
     )

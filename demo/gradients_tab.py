@@ -5,8 +5,8 @@ live side-by-side training run from scratch."""
 from __future__ import annotations
 
 import functools
-import threading
 from collections.abc import Iterator, Sequence
+from threading import Event
 from typing import Any
 
 import gradio as gr
@@ -15,13 +15,14 @@ import torch
 
 from bcop.data import load_dataset
 from bcop.gradnorm import layer_gradient_norms
-from bcop.live import TrainingSnapshot, train_side_by_side
+from bcop.live import TrainingSnapshot, train_classifiers_side_by_side
+from bcop.losses import TRAINING_LOSSES
 from bcop.spectra import jacobian_spectra
-from bcop.train import LOSSES
 from demo import figures
 from demo.certify_tab import FAST, PRIVATE, CertifyTab
 from demo.errors import friendly, validated
 from demo.inputs import current_input, model_input
+from demo.runs import STOPPED, TakingTurns
 from demo.store import ModelStore
 
 LIVE_MODELS = (
@@ -36,7 +37,6 @@ DEFAULT_LIVE_MODELS = LIVE_MODELS[:4]
 MAX_TRAIN_STEPS, DEFAULT_TRAIN_STEPS = 500, 200
 MIN_BATCH, MAX_BATCH, DEFAULT_BATCH = 8, 128, 64
 TRAIN_TIME_LIMIT_S = 180.0
-STOPPED = " · stopped (you pressed Stop)"
 NO_IMAGE_NOTE = (
     "*No image yet: draw a digit, upload an image or pick an example on the Certify & attack tab.*"
 )
@@ -45,17 +45,18 @@ NO_MODEL_NOTE = "*Choose at least one model.*"
 
 INTRO = (
     "How much of the output's gradient reaches each layer of the current image's networks. "
-    "**Left:** one gradient, that of the logit margin for this image. **Right:** every output "
-    "direction at once: the band runs from the smallest to the largest singular value of the "
-    "Jacobian of the ten logits with respect to each layer's input, so any gradient of the "
-    "logits keeps between those fractions of its norm. A gradient-norm-preserving network (BCOP "
-    "or Björck layers with MaxMin) keeps every value at exactly 1 from the logits back to the "
-    "last layer that adds channels.\n\n"
+    "**Left:** one gradient, that of the logit margin for this image, as a fraction of its norm "
+    "at the logits (√2 for every network). **Right:** every output direction at once: the band "
+    "runs from the smallest to the largest singular value of the Jacobian of the ten logits with "
+    "respect to each layer's input, so any gradient of the logits keeps between those fractions "
+    "of its norm; the left curve, one such gradient, lies in its band. A gradient-norm-preserving "
+    "network (BCOP or Björck layers with MaxMin) keeps every value at 1 from the logits back to "
+    "the last layer that adds channels.\n\n"
     "**A convolution that adds channels cannot preserve every gradient's norm** (layers marked "
     "*adds*): it maps a smaller space into a larger one, so its transpose, which "
     "back-propagation applies, must drop the part of the gradient outside its range, and the "
-    "band falls below 1 there. One image's gradient (left) lies somewhere in the band, so on a "
-    "given image it can end lower for BCOP than for another network."
+    "band falls below 1 there. So on a given image the left curve can end lower for BCOP than "
+    "for another network."
 )
 LIVE_INTRO = (
     "### Live: train from scratch, side by side\n"
@@ -84,8 +85,8 @@ def _check_training(models: Sequence[str], steps: Any, batch_size: Any, loss: An
         raise ValueError(f"steps must be a whole number between 1 and {MAX_TRAIN_STEPS}, got {steps!r}")
     if not (isinstance(batch_size, int | float) and MIN_BATCH <= batch_size <= MAX_BATCH):
         raise ValueError(f"batch size must be between {MIN_BATCH} and {MAX_BATCH}, got {batch_size!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if loss not in TRAINING_LOSSES:
+        raise ValueError(f"loss must be one of {TRAINING_LOSSES}, got {loss!r}")
     return [n for n in LIVE_MODELS if n in names]
 
 
@@ -100,14 +101,17 @@ class Actions:
 
     def __init__(self, store: ModelStore) -> None:
         self.store = store
-        self._stops: dict[str, threading.Event] = {}  # per session: its training should stop
+        self.turns = TakingTurns()
+
+    def waiting(self, request: gr.Request) -> str:
+        """The status while a training waits for its turn (another visitor's may hold it)."""
+        return self.turns.waiting_note(request.session_hash)
 
     def stop(self, request: gr.Request) -> None:
         """Ask the live training of this visitor's session to stop at its next snapshot, which
         it then shows as stopped (cancelling the event instead would leave the page's status at
         the last snapshot, with no word that it stopped)."""
-        if request.session_hash in self._stops:
-            self._stops[request.session_hash].set()
+        self.turns.stop(request.session_hash)
 
     @friendly
     def gradient_norms(self, sketch: dict | None, upload: str | None, models: list[str]) -> go.Figure:
@@ -150,7 +154,7 @@ class Actions:
                 "load_dataset('mnist', 'train')\")."
             ) from err
         steps = int(steps)
-        runs = train_side_by_side(
+        runs = train_classifiers_side_by_side(
             names,
             images,
             labels,
@@ -159,18 +163,15 @@ class Actions:
             loss=loss,
             report_every=max(5, steps // 50),
         )
-        stop = self._stops[request.session_hash] = threading.Event()
-        try:
+        with self.turns.running(request.session_hash, TRAIN_TIME_LIMIT_S) as stop:
             yield from _reported(runs, stop)
-        finally:
-            self._stops.pop(request.session_hash, None)
 
 
 def _no_chart(note: str) -> tuple[Any, ...]:
     return None, note, gr.Column(visible=False)
 
 
-def _reported(runs: Iterator[TrainingSnapshot], stop: threading.Event) -> Iterator[tuple[go.Figure, str]]:
+def _reported(runs: Iterator[TrainingSnapshot], stop: Event) -> Iterator[tuple[go.Figure, str]]:
     """Chart and status of each snapshot, until the last, the time limit or ``stop``."""
     for snapshot in runs:
         done = snapshot.step == snapshot.total_steps
@@ -195,7 +196,7 @@ def _live_section() -> tuple[gr.CheckboxGroup, gr.Slider, gr.Slider, gr.Radio, g
             batch = validated(
                 gr.Slider(MIN_BATCH, MAX_BATCH, value=DEFAULT_BATCH, step=8, label="Batch size")
             )
-            loss = validated(gr.Radio(list(LOSSES), value="hinge", label="Loss (same for all)"))
+            loss = validated(gr.Radio(list(TRAINING_LOSSES), value="hinge", label="Loss (same for all)"))
     with gr.Row():
         train_btn = gr.Button("Train", variant="primary")
         stop_btn = gr.Button("Stop")
@@ -215,7 +216,7 @@ def create_tab(store: ModelStore, tab: gr.Tab, certify: CertifyTab) -> None:
     with gr.Column() as grad_box:
         grad_plot = gr.Plot(label="Per-layer gradient norms")
     live_models, steps, batch, loss, train_btn, stop_btn = _live_section()
-    train_status = gr.Markdown(elem_id="train-status")
+    train_status = gr.Markdown(label="Status", show_label=False, elem_id="train-status")
     with gr.Column(visible=False) as train_box:  # no empty frame before the first run
         train_plot = gr.Plot(label="Live training")
 
@@ -226,13 +227,15 @@ def create_tab(store: ModelStore, tab: gr.Tab, certify: CertifyTab) -> None:
         shown(actions.when_shown, inputs, [grad_plot, grad_note, grad_box], **PRIVATE, **FAST)
     for changed in (certify.sketch.change, certify.upload.change):  # the chart belongs to the old image
         changed(lambda: None, None, [grad_plot], queue=False, show_progress="hidden", **PRIVATE)
-    train_btn.click(
+    waiting = train_btn.click(actions.waiting, None, [train_status], queue=False, **PRIVATE)
+    waiting.then(
         actions.train_live,
         [live_models, steps, batch, loss],
         [train_plot, train_status],
         api_name="train_live",
         concurrency_id="train",
         concurrency_limit=1,
+        show_progress_on=[train_plot],
     )
     train_btn.click(lambda: gr.Column(visible=True), None, [train_box], queue=False, **PRIVATE)
     stop_btn.click(actions.stop, None, None, queue=False, **PRIVATE)

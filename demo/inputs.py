@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bcop.data import BLANK_MESSAGE, to_mnist_format
+from bcop.preprocess import BLANK_MESSAGE, to_mnist_format, unreadable_image_message
 
 PREVIEW_DIR = Path(tempfile.gettempdir()) / "bcop-app" / "inputs"
 NO_IMAGE_MESSAGE = "no image yet: draw a digit, upload an image or pick an example"
@@ -65,10 +65,6 @@ def current_input(sketch: dict | None, upload: str | None) -> torch.Tensor | Non
     return _upload(upload) if upload is not None else _drawing(sketch)
 
 
-def has_drawing(sketch: dict | None) -> bool:
-    return _drawing(sketch) is not None
-
-
 def as_image(x: torch.Tensor) -> np.ndarray:
     """(..., H, W) in [0, 1] -> (H, W) uint8 for display."""
     return (x.detach().reshape(x.shape[-2:]).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
@@ -95,14 +91,6 @@ def png_file(x: torch.Tensor) -> str:
     return str(path)
 
 
-def _unreadable(name: str, err: Exception) -> str:
-    if isinstance(err, Image.DecompressionBombError):
-        return (
-            f"{name} is too large to open ({err}). Scale it down: a digit needs no more than 1000×1000 pixels"
-        )
-    return f"could not read {name} as an image ({type(err).__name__}): upload a PNG, JPEG or GIF of a digit"
-
-
 def readable_upload(component: gr.Image) -> gr.Image:
     """Make an image input pass on an :class:`UnreadableUpload` saying what is wrong, naming the
     file, for unreadable, vector (SVG) and oversized uploads (the stock component lets the
@@ -114,12 +102,12 @@ def readable_upload(component: gr.Image) -> gr.Image:
     @functools.wraps(preprocess)
     def checked(payload: Any) -> Any:
         name = getattr(payload, "orig_name", None) or "the upload"
-        if Path(name).suffix.lower() == ".svg":
-            return UnreadableUpload(f"{name} is a vector (SVG) image: export it as a PNG and upload that")
+        if Path(name).suffix.lower() == ".svg":  # the stock component passes it on unread
+            return UnreadableUpload(unreadable_image_message(name, ValueError("a vector image")))
         try:
             return preprocess(payload)
         except Exception as err:
-            return UnreadableUpload(_unreadable(name, err))
+            return UnreadableUpload(unreadable_image_message(name, err))
 
     component.preprocess = checked  # type: ignore[method-assign]
     return component

@@ -113,11 +113,13 @@ def create_tab(store: ModelStore, demo: gr.Blocks) -> None:
     """Build the tab inside an open ``gr.Tab``; its contents load with the page of ``demo``."""
     actions, names = Actions(store), store.names
     gr.Markdown(COLUMNS_NOTE)
-    overview = gr.Markdown("Loading the models…", elem_id="models-table")
+    overview = gr.Markdown(
+        "Loading the models…", label="Models table", show_label=False, elem_id="models-table"
+    )
     chart = gr.Plot(label="Certified accuracy against ε")
     gr.Markdown("### Model card")
     card_choice = validated(gr.Dropdown(names, value=names[0] if names else None, label="Model"))
-    card = gr.Markdown(elem_id="model-card")
+    card = gr.Markdown(label="Model card", show_label=False, elem_id="model-card")
     demo.load(actions.overview, None, [overview], api_name="models", **FAST)
     demo.load(actions.accuracy_chart, None, [chart], **PRIVATE, **FAST)
     card_choice.change(actions.model_card, [card_choice], [card], api_name="model_card", **FAST)

@@ -15,11 +15,15 @@ from demo.store import ModelStore
 
 NO_MODEL_NOTE = "*Choose at least one model.*"
 SPECTRA_COLUMNS = ["model", "layer", "input (C×H×W)", "count", "min σ", "median σ", "max σ"]
+# Checked against the shipped checkpoints by tests/test_app.py (test_the_orthogonality_caption_...).
 INTRO = (
     "Every singular value of each convolution, as a linear operator on the input size that layer "
-    "sees. BCOP's are all exactly 1 (orthogonal): their box is flat and its markers (◆ smallest "
-    "and largest) sit on the σ = 1 line. The other parameterisations spread below 1, and an "
-    "unconstrained convolution above."
+    "sees (the table gives each layer's smallest, median and largest). **BCOP**'s are all 1 "
+    "(orthogonal): its box is flat and its markers (◆ smallest and largest) sit on the σ = 1 "
+    "line. **RKO, OSSN and SVCM** are 1-Lipschitz too: their largest value is 1 (OSSN's, from "
+    "power iteration, up to 1% above), the rest spread below it. The **unconstrained** "
+    "convolution (plain) has no bound: its largest values lie well above 1, while its medians "
+    "can lie below 1."
 )
 
 

@@ -15,7 +15,6 @@ import torch
 from bcop.certify import lipschitz_bound
 from bcop.hub import (
     EVAL_RESULTS_FILE,
-    PRETRAINED_MODELS,
     LoadedModel,
     checkpoints_dir,
     hub_owner,
@@ -23,7 +22,7 @@ from bcop.hub import (
     load_model,
     local_checkpoints,
 )
-from bcop.models import MODEL_NAMES, parse_model_name
+from bcop.models import list_models, parse_model_name
 from bcop.results import read_results
 from bcop.spectra import LayerSpectrum, conv_spectra
 
@@ -73,8 +72,7 @@ class ServedModel:
             try:
                 from huggingface_hub import hf_hub_download
 
-                # the snapshot folder is named by the commit the model was read from
-                commit = folder.name
+                commit = self.loaded.commit  # the commit the model was read from
                 folder = Path(hf_hub_download(self.loaded.repo_id, EVAL_RESULTS_FILE, revision=commit)).parent
             except Exception:  # no such file in the repo, or the Hub went away: not evaluated
                 return None
@@ -97,9 +95,10 @@ class ModelStore:
         self._lock = threading.Lock()
 
     def _available(self) -> list[str]:
-        found = set(local_checkpoints()) | (set(PRETRAINED_MODELS) if self.use_hub else set())
-        mnist = {n for n in found if n in MODEL_NAMES and parse_model_name(n).dataset == "mnist"}
-        return [n for n in PRETRAINED_MODELS if n in mnist] + sorted(mnist - set(PRETRAINED_MODELS))
+        pretrained = list_models(pretrained=True)
+        found = set(local_checkpoints()) | (set(pretrained) if self.use_hub else set())
+        mnist = {n for n in found if n in list_models() and parse_model_name(n).dataset == "mnist"}
+        return [n for n in pretrained if n in mnist] + sorted(mnist - set(pretrained))
 
     def defaults(self) -> list[str]:
         chosen = [n for n in DEFAULT_MODELS if n in self.names]

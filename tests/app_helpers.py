@@ -17,9 +17,10 @@ import torch
 from PIL import Image
 
 import app
+from bcop import create_model
 from bcop.hub import EVAL_RESULTS_FILE, save_model
-from bcop.models import create_model
 from benchmarks.common import free_port
+from demo import store
 
 MODELS = ["bcop-small-mnist", "plain-small-mnist", "rko-small-mnist"]
 EXAMPLES = Path(app.__file__).resolve().parent / "examples"
@@ -54,11 +55,15 @@ def make_checkpoints(root: Path, names: list[str]) -> Path:
 
 
 @contextmanager
-def served(root: Path) -> Iterator[gr.Blocks]:
-    """The app on 127.0.0.1 (a free port) serving the checkpoints in ``root``, Hub off."""
+def served(root: Path, unreachable_hub_owner: str = "") -> Iterator[gr.Blocks]:
+    """The app on 127.0.0.1 (a free port) serving the checkpoints in ``root``, Hub off; with
+    ``unreachable_hub_owner``, as when that owner's Hub cannot be reached (every model's source
+    then says so)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BCOP_CHECKPOINTS", str(root))
-        mp.setenv("BCOP_HUB_REPO", "")
+        mp.setenv("BCOP_HUB_REPO", unreachable_hub_owner)
+        if unreachable_hub_owner:
+            mp.setattr(store, "hub_reachable", lambda: False)
         torch.set_num_threads(1)
         demo = app.launch(host="127.0.0.1", port=free_port(), warm=False)
         try:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -35,9 +36,12 @@ from PIL import Image
 
 import bcop.hub
 import demo.store
-from bcop.data import to_mnist_format
+from bcop.gradnorm import layer_gradient_norms
+from bcop.preprocess import to_mnist_format
 from bcop.report import ImageCertificate
-from demo import certify_tab, gradients_tab, models_tab
+from bcop.spectra import jacobian_spectra
+from bcop.wasserstein import Estimate, EstimateSnapshot
+from demo import certify_tab, gradients_tab, models_tab, runs
 from demo.errors import validated
 from demo.inputs import NO_IMAGE_MESSAGE, UnreadableUpload
 from demo.store import ModelStore
@@ -248,7 +252,7 @@ def test_stop_ends_the_training_with_a_status_that_says_it_stopped(store: ModelS
     assert "stopped" not in next(run)[1]
     actions.stop(request)
     _, status = next(run)
-    assert status.endswith(gradients_tab.STOPPED) and "step 10/100" in status
+    assert status.endswith(runs.STOPPED) and "step 10/100" in status
     assert next(run, None) is None
 
 
@@ -287,7 +291,12 @@ def bad_inputs(tmp: Path) -> list[tuple[str, tuple, str, str]]:
         ("empty sketch", (sketch, None, MODELS), "/certify", NO_IMAGE_MESSAGE),
         ("blank image", (None, handle_file(blank), MODELS), "/certify", "blank"),
         ("text file", (None, handle_file(str(text)), MODELS), "/certify", "as an image"),
-        ("truncated png", (None, handle_file(str(truncated)), MODELS), "/certify", "image"),
+        (
+            "truncated png",
+            (None, handle_file(str(truncated)), MODELS),
+            "/certify",
+            "truncated.png is damaged",
+        ),
         ("svg", (None, handle_file(str(svg)), MODELS), "/certify", "digit.svg is a vector (SVG) image"),
         ("huge png", (None, handle_file(huge_png_header(tmp)), MODELS), "/certify", "huge.png is too large"),
         ("unknown model", (None, digit, ["resnet-50"]), "/certify", "not in the list of choices"),
@@ -310,6 +319,7 @@ def test_bad_input_gets_a_clear_message_and_the_server_keeps_serving(client: Cli
         message = str(caught.value)
         assert words in message, f"{name}: {message!r}"
         assert "Traceback" not in message and "upstream Gradio app has raised" not in message, name
+        assert "decompression bomb" not in message and "Error" not in message, f"{name}: {message!r}"
         assert str(tmp_path) not in message and "/tmp/" not in message, f"{name} shows a server path"
     _, certificates, _, _ = certify(client, str(EXAMPLE))
     assert len(table(certificates)) == len(MODELS)
@@ -335,25 +345,37 @@ def test_gradios_own_refusals_are_logged_in_one_line_too(caplog: pytest.LogCaptu
 
 def test_results_follow_the_input_and_clearing_it_clears_them(store: ModelStore, tmp_path: Path) -> None:
     actions = certify_tab.Actions(store)
-    sketch_out, tabs, preview, certificates, _, summary, *attack = actions.from_upload(
-        str(OTHER_EXAMPLE), None, MODELS
+    sketch_out, upload_out, preview, certificates, _, summary, *attack = actions.from_upload(
+        str(OTHER_EXAMPLE), MODELS
     )
-    assert sketch_out is None, "an upload replaces the drawing"
+    assert sketch_out is None and upload_out == gr.skip(), "an upload replaces the drawing and stays"
     expected = to_mnist_format(OTHER_EXAMPLE)[0].numpy()
     assert np.array_equal(np.asarray(Image.open(preview)), np.round(expected * 255).astype(np.uint8))
     assert list(certificates["model"]) == MODELS and "certified radius" in summary
     assert attack[0] is None and attack[1].empty and attack[3] == "", "the old attack results are gone"
     empty = {"background": None, "layers": [], "composite": np.zeros((336, 336, 4), np.uint8)}
     upload_out, preview, certificates, chart, summary, *_, attack_button, _, _, certify_box = (
-        actions.from_sketch(empty, None, MODELS)
+        actions.from_sketch(empty, MODELS)
     )
     assert preview is None and certificates.empty and chart is None and not certify_box.visible
     assert summary == certify_tab.NO_IMAGE_SUMMARY and "draw a digit" in summary, "the page says what to do"
     assert not attack_button.interactive, "nothing to attack"
-    skipped = actions.from_sketch(empty, str(OTHER_EXAMPLE), MODELS)
+    skipped = actions.from_sketch(empty, MODELS, source="upload")
     assert all(value == gr.skip() for value in skipped), (
-        "the canvas was cleared by an upload: keep its results"
+        "a stroke's late event, after the visitor moved to an upload or example, changes nothing"
     )
+
+
+def test_an_example_arrives_with_its_own_results(store: ModelStore) -> None:
+    actions = certify_tab.Actions(store)
+    index = certify_tab.EXAMPLES.index(OTHER_EXAMPLE)
+    sketch_out, upload_out, preview, certificates, _, summary, *_ = actions.from_example(index, MODELS)
+    assert sketch_out is None and upload_out == str(OTHER_EXAMPLE), "the example replaces the drawing"
+    expected = to_mnist_format(OTHER_EXAMPLE)[0].numpy()
+    assert np.array_equal(np.asarray(Image.open(preview)), np.round(expected * 255).astype(np.uint8))
+    assert list(certificates["model"]) == MODELS and summary.count("certified radius") == len(MODELS)
+    with pytest.raises(gr.Error, match="choose an example between 0 and"):
+        actions.from_example(len(certify_tab.EXAMPLES), MODELS)
 
 
 def test_results_follow_the_chosen_models(store: ModelStore, tmp_path: Path) -> None:
@@ -388,7 +410,8 @@ def test_an_unusable_new_image_clears_the_old_results_and_says_why(store: ModelS
     actions = certify_tab.Actions(store)
     blank = png(tmp_path, "blank.png", np.full((50, 50), 255, np.uint8))
     for upload, words in [(blank, "the image is blank"), (UnreadableUpload("x.svg is a vector"), "x.svg")]:
-        _, _, preview, certificates, chart, summary, *_, box = actions.from_upload(upload, None, MODELS)
+        _, upload_out, preview, certificates, chart, summary, *_, box = actions.from_upload(upload, MODELS)
+        assert upload_out is None, "the unusable file is removed: no broken image stays on show"
         assert preview is None and certificates.empty and chart is None and words in summary
         assert not box.visible, "no empty frames under the message"
 
@@ -415,7 +438,7 @@ def test_models_come_from_the_hub_when_reachable_and_say_so(
         monkeypatch.setenv("BCOP_CHECKPOINTS", str(local))
         store = ModelStore("someone")
         offered = set(store.names)
-        assert set(bcop.hub.PRETRAINED_MODELS) <= offered, "a reachable Hub offers every shipped model"
+        assert set(bcop.list_models(pretrained=True)) <= offered, "a reachable Hub offers every shipped model"
         from_hub = store.get("bcop-small-mnist")
         with pytest.warns(UserWarning, match="could not download someone/plain-small-mnist"):
             fallback = store.get("plain-small-mnist")
@@ -466,3 +489,122 @@ def test_the_bounds_markers_have_colours_no_model_has() -> None:
     from demo.figures import ATTACK_COLOR, CERTIFIED_COLOR, MODEL_COLORS
 
     assert {CERTIFIED_COLOR, ATTACK_COLOR}.isdisjoint(MODEL_COLORS.values())
+
+
+# --- names, captions and long runs --------------------------------------------------------------
+
+
+def test_every_api_input_and_output_has_a_name(client: Client) -> None:
+    api = client.view_api(return_format="dict", print_info=False)
+    for name, endpoint in api["named_endpoints"].items():
+        labels = [p["label"] for p in endpoint["parameters"]] + [r["label"] for r in endpoint["returns"]]
+        unnamed = [label for label in labels if not label or re.fullmatch(r"value_\d+", label)]
+        assert unnamed == [], f"{name}: {labels}"
+    assert api["unnamed_endpoints"] == {}
+
+
+def test_the_gradient_chart_shows_the_fraction_kept_and_it_lies_in_the_band_as_its_caption_says(
+    store: ModelStore,
+) -> None:
+    figure = gradients_tab.Actions(store).gradient_norms(None, str(EXAMPLE), MODELS)
+    left = {t.name: list(t.y) for t in figure.data if t.xaxis == "x"}
+    x = to_mnist_format(EXAMPLE).unsqueeze(0)
+    for name in MODELS:
+        model = store.get(name).model
+        norms, layers = layer_gradient_norms(model, x), jacobian_spectra(model, x)
+        assert norms[-1].mean == pytest.approx(math.sqrt(2), rel=1e-5), "the margin's own norm is √2"
+        kept = [n.mean / norms[-1].mean for n in norms]
+        assert left[name] == pytest.approx(kept, rel=1e-6), name
+        for fraction, layer in zip(kept, layers, strict=True):
+            low, high = float(layer.singular_values.min()), float(layer.singular_values.max())
+            assert low - 1e-4 <= fraction <= high + 1e-4, f"{name} {layer.name}: {fraction} not in the band"
+        if name.startswith("bcop"):  # norm-preserving from the logits back to the last layer adding channels
+            last_adding = max(i for i, layer in enumerate(layers) if layer.adds_channels)
+            for layer in layers[last_adding + 1 :]:
+                assert torch.allclose(layer.singular_values, torch.ones(()), atol=1e-3), layer.name
+    for claim in (
+        "as a fraction of its norm at the logits (√2",
+        "lies in its band",
+        "keeps every value at 1",
+    ):
+        assert claim in gradients_tab.INTRO
+
+
+def test_the_orthogonality_caption_matches_the_shipped_checkpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    from demo import orthogonality_tab
+
+    monkeypatch.delenv("BCOP_CHECKPOINTS", raising=False)
+    shipped = ModelStore("")
+    large = [n for n in shipped.names if n.endswith("-large-mnist")]
+    assert {n.split("-")[0] for n in large} >= {"bcop", "rko", "ossn", "svcm", "plain"}, shipped.names
+    for name in large:
+        spectra = [s.singular_values for s in shipped.get(name).spectra()]
+        family = name.split("-")[0]
+        if family == "bcop":  # "all 1"
+            assert all(torch.allclose(v, torch.ones(()), atol=1e-3) for v in spectra), name
+        elif family == "plain":  # "largest values well above 1, while its medians can lie below 1"
+            assert all(float(v.max()) > 1.5 for v in spectra), name
+            assert any(float(v.median()) < 1 for v in spectra), name
+        else:  # "their largest value is 1 (OSSN's up to 1% above), the rest spread below it"
+            assert all(0.99 <= float(v.max()) <= 1.01 for v in spectra), name
+            assert any(float(v.median()) < 0.99 for v in spectra), name
+    for claim in ("**BCOP**'s are all 1", "largest value is 1", "largest values lie well above 1"):
+        assert claim in orthogonality_tab.INTRO
+
+
+def test_the_wasserstein_status_gives_each_estimate_with_its_standard_error() -> None:
+    from demo.wasserstein_tab import _status
+
+    estimates = {"bcop-small-mnist": [Estimate(2.0093, 0.0121, 2.0093, 1.0, 500)]}
+    status = _status(EstimateSnapshot(300, 300, [300], estimates, 41.2))
+    assert "W1 ≥" not in status, "an estimate above the true W1 must not read as a bound"
+    assert "W1 estimate ± standard error: bcop-small-mnist 2.009 ± 0.012" in status
+
+
+def test_wasserstein_stop_ends_only_that_visitors_run_and_says_so() -> None:
+    from demo.wasserstein_tab import Actions
+
+    actions, me, other = Actions(), SimpleNamespace(session_hash="me"), SimpleNamespace(session_hash="other")
+    run = actions.estimate_wasserstein("gaussians", ["bcop-small-mnist"], 100, 8, 60, me)
+    assert next(run)[1].startswith("step 0/100")
+    actions.stop(other)
+    assert runs.STOPPED not in next(run)[1]
+    actions.stop(me)
+    _, status = next(run)
+    assert status.endswith(runs.STOPPED) and "step 20/100" in status
+    assert next(run, None) is None
+
+
+def test_a_visitor_waiting_for_a_run_is_told_how_long_it_has_left_at_most() -> None:
+    turns = runs.TakingTurns()
+    assert turns.waiting_note("a") == "Starting…" and turns.seconds_left() is None
+    with turns.running("a", budget_s=90) as stop:
+        note = turns.waiting_note("b")
+        left = int(re.search(r"at most (\d+) s left", note).group(1))
+        assert "Another visitor's run is in progress" in note and 85 <= left <= 90
+        assert turns.waiting_note("a") == "Starting…", "one's own run is not another visitor's"
+        assert not stop.is_set()
+    assert turns.seconds_left() is None
+    turns.stop("b")  # pressed while b's run still waits for its turn
+    with turns.running("b", budget_s=10) as stop:
+        assert stop.is_set(), "a Stop pressed while waiting counts when the run starts"
+    turns.stop("b")
+    turns.waiting_note("b")  # asking again forgets the earlier Stop
+    with turns.running("b", budget_s=10) as stop:
+        assert not stop.is_set()
+
+
+def test_the_library_and_the_api_word_an_unreadable_file_the_same_way(client: Client, tmp_path: Path) -> None:
+    svg = tmp_path / "digit.svg"
+    svg.write_text('<svg xmlns="http://www.w3.org/2000/svg" width="28" height="28"></svg>')
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(EXAMPLE.read_bytes()[:200])
+    text = tmp_path / "notes.png"
+    text.write_text("not an image")
+    for path in [svg, truncated, text, Path(huge_png_header(tmp_path))]:
+        with pytest.raises(ValueError) as library:
+            to_mnist_format(path)
+        with pytest.raises(AppError) as api:
+            certify(client, str(path))
+        assert str(library.value).replace(str(path), path.name) == str(api.value), path.name
+        assert str(api.value).startswith((path.name, f"could not read {path.name}")), "it names the file"

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
+from bcop import create_model
 from bcop.attacks import STARTS, fgm_l2, minimal_adversarial_distance, pgd_l2
 from bcop.certify import certify
-from bcop.models import create_model
 
 EPS_TOL = 1e-5
 

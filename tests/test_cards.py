@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 from huggingface_hub import EvalResult, ModelCard
 
+from bcop import list_models
 from bcop.cards import _time_cell, _time_sentence, eval_results, main, model_card, results_table
 from bcop.hub import HUB_OWNER, checkpoints_dir
-from bcop.models import MODEL_NAMES
 from bcop.results import UNRECORDED_HARDWARE, read_results, upgrade_results
 
 SCHEMA1 = Path(__file__).parent / "data" / "schema1"
 SHIPPED = sorted(
-    p.parent for p in checkpoints_dir().glob("*/eval_results.json") if p.parent.name in MODEL_NAMES
+    p.parent for p in checkpoints_dir().glob("*/eval_results.json") if p.parent.name in list_models()
 )
 
 

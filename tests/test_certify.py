@@ -11,18 +11,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bcop import create_model
 from bcop.attacks import pgd_l2
 from bcop.certify import (
-    certified_accuracy,
+    certified_accuracy_percent,
     certified_radius,
     certify,
+    count_certified,
     full_float32,
     layer_lipschitz_bounds,
     lipschitz_bound,
     margins,
 )
-from bcop.layers import BjorckLinear, LipschitzLinear, MaxMin
-from bcop.models import create_model
+from bcop.layers import LipschitzLinear, MaxMin, OrthogonalLinear
 
 SQRT2 = math.sqrt(2)
 
@@ -94,26 +95,41 @@ def test_certify_reports_prediction_margin_radius_and_probabilities() -> None:
     torch.testing.assert_close(cert.logits, LOGITS)
 
 
-def test_certified_accuracy_counts_correct_examples_with_radius_at_least_eps() -> None:
+def test_certified_accuracy_counts_correct_examples_with_radius_at_least_eps_in_percent() -> None:
     """Hand-counted on two batches with L = 1/sqrt(2), so radius = margin (exact counts)."""
     batches = [
         (LOGITS.view(3, 1, 1, 4), torch.tensor([0, 1, 2])),  # margins 1.0, 0.5, wrong
         (torch.tensor([[0.0, 0.25, 0.0, 0.0], [2.0, 0.0, 0.0, 0.0]]).view(2, 1, 1, 4), torch.tensor([1, 1])),
     ]  # margins 0.25, wrong
-    result = certified_accuracy(LogitsFromInput(), batches, [0.0, 0.3, 0.75, 2.0], lipschitz=1 / SQRT2)
+    result = certified_accuracy_percent(
+        LogitsFromInput(), batches, [0.0, 0.3, 0.75, 2.0], lipschitz=1 / SQRT2
+    )
     assert result["n"] == 5
-    assert result["clean"] == pytest.approx(3 / 5)
+    assert result["clean"] == pytest.approx(60.0)
     assert result["lipschitz"] == pytest.approx(1 / SQRT2)
-    assert result["certified"] == pytest.approx({0.0: 3 / 5, 0.3: 2 / 5, 0.75: 1 / 5, 2.0: 0.0})
+    assert result["certified"] == pytest.approx({0.0: 60.0, 0.3: 40.0, 0.75: 20.0, 2.0: 0.0})
+
+
+class ScaledLogits(LogitsFromInput):
+    """Logits 3 x the input: its bound is 3, so radii are a third of those under an assumed L = 1."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 3 * x.flatten(1)
+
+    def lipschitz_bound(self, input_shape=None) -> float:
+        return 3.0
 
 
 def test_certified_accuracy_rejects_empty_data_and_uses_the_models_bound_by_default() -> None:
+    """Margins 3.0 and 1.5 at L = 3: radii 3 / (3 sqrt 2) = 0.71 and 0.35 (with L = 1 they
+    would be 2.1 and 1.1), so at eps 0.5 one example is certified, not two."""
     with pytest.raises(ValueError, match="no data"):
-        certified_accuracy(LogitsFromInput(), [], [0.1], lipschitz=1.0)
-    result = certified_accuracy(
-        LogitsFromInput(), [(LOGITS.view(3, 1, 1, 4), torch.tensor([0, 1, 0]))], [0.0]
-    )
-    assert result["lipschitz"] == 1.0
+        count_certified(LogitsFromInput(), [], [0.1], lipschitz=1.0)
+    batch = (LOGITS[:2].view(2, 1, 1, 4), torch.tensor([0, 1]))
+    counts = count_certified(ScaledLogits(), [batch], [0.5, 1.0])
+    assert counts.lipschitz == 3.0 and counts.n == counts.correct == 2
+    assert counts.certified == {0.5: 1, 1.0: 0}
+    assert count_certified(ScaledLogits(), [batch], [0.5], lipschitz=1.0).certified == {0.5: 2}
 
 
 # --- the network bound ------------------------------------------------------------------------
@@ -148,7 +164,7 @@ def test_an_eval_mode_model_is_orthonormal_to_1e5_and_bounded_as_it_computes() -
     the cheaper float32 Gram leaves it 1 + 8e-4, and the bound says so: each mode is bounded
     as it computes. (Evaluation had bounded the train-mode weights of an eval-mode model.)"""
     torch.manual_seed(0)
-    layer = BjorckLinear(1200, 300)
+    layer = OrthogonalLinear(1200, 300)
     u = torch.linalg.qr(torch.randn(1200, 300, dtype=torch.float64)).Q
     v = torch.linalg.qr(torch.randn(300, 300, dtype=torch.float64)).Q
     with torch.no_grad():

@@ -13,7 +13,8 @@ from bcop import evaluate as evaluate_module
 from bcop import train as train_module
 from bcop.cli import add_options, from_args, option
 from bcop.evaluate import EvalConfig
-from bcop.train import LOSSES, TrainConfig
+from bcop.losses import TRAINING_LOSSES
+from bcop.train import TrainConfig
 
 PARSERS = {"train": train_module._parser, "evaluate": evaluate_module._parser}
 
@@ -63,7 +64,7 @@ def test_options_are_converted_to_the_fields_types_and_choices_are_enforced(
         train_module._parse(["bcop-small-mnist", "--loss", "mse"])
     assert info.value.code == 2
     assert "invalid choice: 'mse'" in capsys.readouterr().err
-    assert train_module._parser()._option_string_actions["--loss"].choices == ("auto", *LOSSES)
+    assert train_module._parser()._option_string_actions["--loss"].choices == ("auto", *TRAINING_LOSSES)
 
 
 @pytest.mark.parametrize("command", PARSERS)

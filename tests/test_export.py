@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from bcop.export import export, save_onnx
+from bcop.factory import create_model
 from bcop.layers import BCOPConv2d, GroupSort, MaxMin, RKOConv2d
-from bcop.models import create_model
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

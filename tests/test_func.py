@@ -15,8 +15,9 @@ import pytest
 import torch
 from torch.func import functional_call, grad, jacfwd, jacrev, jvp, stack_module_state, vjp, vmap
 
+from bcop import create_model
 from bcop.layers.parametrization import frozen_weights
-from bcop.models import LipschitzNet, create_model
+from bcop.models import LipschitzNet
 from bcop.orthogonal import polar
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import nn
 
+from bcop import create_model
 from bcop.gradnorm import layer_gradient_norms
-from bcop.models import create_model
 
 GNP_TOL = 1e-4
 

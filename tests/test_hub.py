@@ -30,8 +30,8 @@ from huggingface_hub import constants
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from bcop import hub
-from bcop.models import MODEL_NAMES, LipschitzNet, ModelConfig, create_model
+from bcop import create_model, hub, list_models
+from bcop.models import LipschitzNet, ModelConfig
 from tests.fakehub import FakeHub, point_client_at
 
 REPO = "owner/bcop-small-mnist"
@@ -145,7 +145,7 @@ def test_load_folder_with_weights_of_another_model_raises_value_error(saved: Sav
 def test_unknown_name_raises_value_error_listing_known_names() -> None:
     with pytest.raises(ValueError, match="known names: .*bcop-large-mnist") as info:
         hub.load_model("resnet-50")
-    assert all(name in str(info.value) for name in MODEL_NAMES)
+    assert all(name in str(info.value) for name in list_models())
 
 
 def test_missing_path_raises_file_not_found_not_a_hub_error(tmp_path: Path) -> None:
@@ -357,16 +357,16 @@ def test_hub_owner_is_the_constant_unless_bcop_hub_repo_says_otherwise(
 def test_pretrained_models_are_the_classifier_folders_of_checkpoints() -> None:
     folders = [p for p in (ROOT / "checkpoints").iterdir() if (p / "config.json").is_file()]
     kinds = {p.name: json.loads((p / "config.json").read_text()).get("kind", "classifier") for p in folders}
-    assert sorted(hub.PRETRAINED_MODELS) == sorted(
+    assert sorted(list_models(pretrained=True)) == sorted(
         name for name, kind in kinds.items() if kind == "classifier"
     )
-    assert len(set(hub.PRETRAINED_MODELS)) == len(hub.PRETRAINED_MODELS) == 6
-    assert set(hub.PRETRAINED_MODELS) <= set(MODEL_NAMES)
+    assert len(set(list_models(pretrained=True))) == len(list_models(pretrained=True)) == 6
+    assert set(list_models(pretrained=True)) <= set(list_models())
 
 
 def test_every_shipped_checkpoint_carries_its_registry_name() -> None:
     """What loading by name checks (the models themselves load in tests/test_publish.py)."""
-    for name in hub.PRETRAINED_MODELS:
+    for name in list_models(pretrained=True):
         config = json.loads((ROOT / "checkpoints" / name / "config.json").read_text())
         assert ModelConfig.from_dict(config).name == config["model_name"] == name
         with safe_open(str(ROOT / "checkpoints" / name / "model.safetensors"), framework="pt") as f:

@@ -14,11 +14,11 @@ from torch.nn.utils import parametrize
 from bcop.layers import (
     PAPER_BJORCK,
     BCOPConv2d,
-    BjorckLinear,
     GroupSort,
     InvertibleDownsample,
     LipschitzLinear,
     MaxMin,
+    OrthogonalLinear,
     OrthoParams,
     OSSNConv2d,
     PlainConv2d,
@@ -156,7 +156,7 @@ def test_bjorck_linear_preserves_gradient_norm_when_out_le_in(fin: int, fout: in
     """||W^T g|| = ||g||, within 1e-8 relative (float64, bias=False), for both methods."""
     for method in ("polar", "bjorck"):
         torch.manual_seed(0)
-        layer = BjorckLinear(fin, fout, bias=False, ortho=OrthoParams(method)).double()
+        layer = OrthogonalLinear(fin, fout, bias=False, ortho=OrthoParams(method)).double()
         x = torch.randn(5, fin, generator=_gen(1), dtype=torch.float64)
         g = torch.randn(5, fout, generator=_gen(2), dtype=torch.float64)
         ratio = _vjp_norm_ratio(layer, x, g)
@@ -167,7 +167,7 @@ def test_bjorck_linear_preserves_gradient_norm_when_out_le_in(fin: int, fout: in
 def test_bjorck_linear_is_an_isometry_when_out_ge_in(fin: int, fout: int) -> None:
     """||W x|| = ||x||, within 1e-8 relative (float64, bias=False)."""
     torch.manual_seed(0)
-    layer = BjorckLinear(fin, fout, bias=False).double()
+    layer = OrthogonalLinear(fin, fout, bias=False).double()
     x = torch.randn(5, fin, generator=_gen(1), dtype=torch.float64)
     ratio = layer(x).norm(dim=1) / x.norm(dim=1)
     torch.testing.assert_close(ratio, torch.ones(5, dtype=torch.float64), rtol=0, atol=F64_TOL)
@@ -176,7 +176,7 @@ def test_bjorck_linear_is_an_isometry_when_out_ge_in(fin: int, fout: int) -> Non
 def test_bjorck_linear_bound_is_one_and_plain_linear_bound_is_its_spectral_norm() -> None:
     """Tolerance 1e-6 (float32 weights, bound computed in float64)."""
     torch.manual_seed(0)
-    assert BjorckLinear(30, 20).lipschitz_bound() == pytest.approx(1.0, abs=1e-6)
+    assert OrthogonalLinear(30, 20).lipschitz_bound() == pytest.approx(1.0, abs=1e-6)
     plain = LipschitzLinear(30, 20)
     expected = float(torch.linalg.matrix_norm(plain.weight.detach().double(), ord=2))
     assert plain.lipschitz_bound() == pytest.approx(expected, rel=1e-12)
@@ -195,8 +195,8 @@ def _raw_matrices(layer: nn.Module) -> list[torch.Tensor]:
         (lambda: BCOPConv2d(24, 8, 2), 24),
         (lambda: RKOConv2d(16, 32, 3), 16 * 9),  # RKO: the kernel reshaped to out x in*k*k
         (lambda: RKOConv2d(8, 4, 5), 8 * 25),
-        (lambda: BjorckLinear(100, 10), 100),
-        (lambda: BjorckLinear(10, 100), 10),
+        (lambda: OrthogonalLinear(100, 10), 100),
+        (lambda: OrthogonalLinear(10, 100), 10),
     ],
 )
 def test_raw_weights_start_orthonormal_at_the_papers_scale(make, fan_in: int) -> None:
@@ -464,7 +464,7 @@ def test_ortho_params_reject_anything_but_a_positive_integer_of_iterations(iters
     [
         lambda o: BCOPConv2d(4, 4, 3, ortho=o),
         lambda o: RKOConv2d(4, 4, 3, ortho=o),
-        lambda o: BjorckLinear(8, 8, ortho=o),
+        lambda o: OrthogonalLinear(8, 8, ortho=o),
     ],
     ids=["bcop", "rko", "bjorck_linear"],
 )
@@ -498,7 +498,7 @@ def test_conv_rejects_wrong_channel_count_and_rank(make) -> None:
         layer(torch.zeros(3, 8, 8))
 
 
-@pytest.mark.parametrize("cls", [BjorckLinear, LipschitzLinear])
+@pytest.mark.parametrize("cls", [OrthogonalLinear, LipschitzLinear])
 def test_linear_rejects_wrong_feature_count_and_rank(cls: type) -> None:
     layer = cls(6, 4)
     with pytest.raises(ValueError, match=r"expects input of shape \(N, 6\), got \(2, 5\)"):
@@ -529,7 +529,7 @@ def test_bcop_kernel_cannot_be_assigned_directly() -> None:
 
 @pytest.mark.parametrize(
     "make",
-    [lambda: BCOPConv2d(4, 4, 3), lambda: RKOConv2d(4, 4, 3), lambda: BjorckLinear(8, 8)],
+    [lambda: BCOPConv2d(4, 4, 3), lambda: RKOConv2d(4, 4, 3), lambda: OrthogonalLinear(8, 8)],
     ids=["bcop", "rko", "bjorck_linear"],
 )
 def test_kernel_is_built_once_under_no_grad(make) -> None:

@@ -13,14 +13,15 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bcop import create_model, list_models
 from bcop.certify import lipschitz_bound
-from bcop.hub import PRETRAINED_MODELS, checkpoints_dir, load_folder, save_model
+from bcop.hub import checkpoints_dir, load_folder, save_model
 from bcop.layers import (
     BCOPConv2d,
-    BjorckLinear,
     InvertibleDownsample,
     LipschitzLinear,
     MaxMin,
+    OrthogonalLinear,
     OSSNConv2d,
     PlainConv2d,
     RKOConv2d,
@@ -32,12 +33,10 @@ from bcop.models import (
     ARCHS,
     CONFIG_SCHEMA_VERSION,
     DATASETS,
-    MODEL_NAMES,
     PAPER_BJORCK,
+    LipschitzNet,
     ModelConfig,
     OrthoParams,
-    build_model,
-    create_model,
     parse_model_name,
 )
 from bcop.orthogonal import power_iteration
@@ -52,7 +51,7 @@ CONV_CLASSES = {
 # Large and FC networks with orthogonalised or projected weights take ~0.5-2 s each to build on
 # 2 cores; the small ones and the unconstrained ones are built in full, plus bcop-large-mnist.
 SCHEMA1 = Path(__file__).parent / "data" / "schema1"  # files as bcop wrote them before schema versions
-CHEAP_NAMES = [n for n in MODEL_NAMES if "-small-" in n or n.startswith("plain-")] + ["bcop-large-mnist"]
+CHEAP_NAMES = [n for n in list_models() if "-small-" in n or n.startswith("plain-")] + ["bcop-large-mnist"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +62,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_model_names_cover_every_architecture_layer_dataset_and_activation() -> None:
     """5 conv types x 2 activations for small and large, 2 dense types x 2 for fc, x 2 datasets."""
-    assert len(MODEL_NAMES) == len(set(MODEL_NAMES)) == 2 * (2 * 5 * 2 + 2 * 2)
+    assert len(list_models()) == len(set(list_models())) == 2 * (2 * 5 * 2 + 2 * 2)
     for name in (
         "bcop-large-mnist",
         "rko-small-cifar10",
@@ -72,13 +71,13 @@ def test_model_names_cover_every_architecture_layer_dataset_and_activation() -> 
         "bcop-large-mnist-relu",
         "plain-small-cifar10-maxmin",
     ):
-        assert name in MODEL_NAMES
-    assert {parse_model_name(n).arch for n in MODEL_NAMES} == set(ARCHS)
-    assert {parse_model_name(n).dataset for n in MODEL_NAMES} == set(DATASETS)
-    assert {parse_model_name(n).activation for n in MODEL_NAMES} == set(ACTIVATIONS)
+        assert name in list_models()
+    assert {parse_model_name(n).arch for n in list_models()} == set(ARCHS)
+    assert {parse_model_name(n).dataset for n in list_models()} == set(DATASETS)
+    assert {parse_model_name(n).activation for n in list_models()} == set(ACTIVATIONS)
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", list_models())
 def test_parse_model_name_round_trips(name: str) -> None:
     config = parse_model_name(name)
     assert config.name == name
@@ -153,12 +152,12 @@ def test_a_schema_1_config_with_flat_ortho_keys_still_loads() -> None:
     assert ModelConfig.from_dict({"arch": "small", "conv": "rko", "dataset": "mnist"}).ortho == OrthoParams()
 
 
-@pytest.mark.parametrize("name", PRETRAINED_MODELS)
+@pytest.mark.parametrize("name", list_models(pretrained=True))
 def test_every_shipped_config_loads_and_matches_its_folder_and_weights(name: str) -> None:
     folder = checkpoints_dir() / name
     config = ModelConfig.from_dict(json.loads((folder / "config.json").read_text()))
     assert config.name == folder.name
-    model = build_model(config)
+    model = LipschitzNet(config)
     assert set(model.state_dict()) == set(load_file(str(folder / "model.safetensors")))
 
 
@@ -258,7 +257,7 @@ def test_bcop_large_mnist_has_the_papers_layers_in_order() -> None:
     ]
     assert shapes == [(1, 32, 3), (128, 32, 2), (32, 64, 3), (256, 64, 2)]
     assert (model.dense1.in_features, model.dense1.out_features) == (64 * 7 * 7, 512)
-    assert isinstance(model.logits, BjorckLinear)
+    assert isinstance(model.logits, OrthogonalLinear)
 
 
 def test_plain_fc_network_uses_unconstrained_dense_layers() -> None:
@@ -276,7 +275,7 @@ def test_plain_fc_network_uses_unconstrained_dense_layers() -> None:
 def test_create_model_overrides_reach_every_orthogonalised_layer() -> None:
     model = create_model("bcop-small-mnist", ortho=OrthoParams("bjorck", 7))
     params = [
-        m.parametrizations.weight[0] for m in model.modules() if isinstance(m, (BCOPConv2d, BjorckLinear))
+        m.parametrizations.weight[0] for m in model.modules() if isinstance(m, (BCOPConv2d, OrthogonalLinear))
     ]
     assert len(params) == 4
     assert all(p.ortho == OrthoParams("bjorck", 7) for p in params)
@@ -288,8 +287,10 @@ def test_create_model_names_the_config_fields_when_an_override_is_unknown() -> N
         create_model("bcop-small-mnist", ortho_method="bjorck")
 
 
-def test_build_model_accepts_a_config_dict() -> None:
-    model = build_model({"arch": "small", "conv": "plain", "dataset": "cifar10", "extra": 1})
+def test_a_config_dict_with_extra_keys_builds_its_network() -> None:
+    model = LipschitzNet(
+        ModelConfig.from_dict({"arch": "small", "conv": "plain", "dataset": "cifar10", "extra": 1})
+    )
     assert model.config.name == "plain-small-cifar10"
     assert model(torch.rand(2, 3, 32, 32)).shape == (2, 10)
 

@@ -16,7 +16,8 @@ import pytest
 from huggingface_hub import SpaceCard
 from packaging.requirements import Requirement
 
-from bcop.hub import HUB_OWNER, PRETRAINED_MODELS
+from bcop import list_models
+from bcop.hub import HUB_OWNER
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -87,7 +88,7 @@ def test_what_the_code_imports_is_declared_where_it_is_needed() -> None:
 def test_the_space_header_is_what_the_hub_needs() -> None:
     card = SpaceCard.load(ROOT / "README.md")
     data = card.data
-    repos = [f"{HUB_OWNER}/{name}" for name in PRETRAINED_MODELS]
+    repos = [f"{HUB_OWNER}/{name}" for name in list_models(pretrained=True)]
     assert data.python_version == "3.11"
     assert data.sdk == "gradio" and data.sdk_version == _pins(ROOT / "requirements.txt")["gradio"]
     assert (ROOT / data.app_file).is_file()

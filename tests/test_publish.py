@@ -27,7 +27,7 @@ from gradio_client import Client
 from huggingface_hub import ModelCard, ModelCardData, SpaceCard, constants, metadata_load
 from safetensors.torch import save_file
 
-from bcop.hub import PRETRAINED_MODELS
+from bcop import list_models
 from bcop.publish import Upload, main, publish
 from tests.fakehub import FakeHub, point_client_at
 
@@ -112,13 +112,14 @@ def test_binaries_are_committed_through_lfs_and_text_as_regular_files(published:
     for _, repo_id, operations in published.server.commits:
         committed.update({f"{repo_id}/{path}": kind for path, kind in operations.items()})
     binary = [p for p in committed if p.endswith((".safetensors", ".png"))]
-    assert len(binary) >= 2 * len(PRETRAINED_MODELS)  # each model's weights, in its repo and the Space
+    # each model's weights, in its repo and the Space
+    assert len(binary) >= 2 * len(list_models(pretrained=True))
     assert all(committed[p] == "lfsFile" for p in binary)
     assert all(committed[p] == "file" for p in committed if p.endswith((".py", ".md", ".json", ".txt")))
 
 
 def test_uploaded_model_cards_parse_with_huggingface_hub(published: Published, tmp_path: Path) -> None:
-    for name in PRETRAINED_MODELS:
+    for name in list_models(pretrained=True):
         path = tmp_path / f"{name}.md"
         path.write_bytes(published.server.repos[f"{OWNER}/{name}"]["README.md"])
         card = ModelCard.load(path)
@@ -144,7 +145,7 @@ def test_the_space_header_links_and_preloads_the_model_repos(published: Publishe
     path = tmp_path / "README.md"
     path.write_bytes(published.server.spaces[SPACE]["README.md"])
     card = SpaceCard.load(path)
-    repos = [f"{OWNER}/{name}" for name in PRETRAINED_MODELS]
+    repos = [f"{OWNER}/{name}" for name in list_models(pretrained=True)]
     assert card.data.models == repos
     assert [entry.split()[0] for entry in card.data.preload_from_hub] == repos
     assert (card.data.sdk, card.data.python_version, card.data.license) == ("gradio", "3.11", "mit")
@@ -170,7 +171,7 @@ def test_the_space_holds_the_app_the_runtime_requirements_and_the_fallback_model
         "bcop/layers/conv.py",
     ):
         assert files[name] == (ROOT / name).read_bytes(), name
-    for name in PRETRAINED_MODELS:
+    for name in list_models(pretrained=True):
         weights = (ROOT / "checkpoints" / name / "model.safetensors").read_bytes()
         assert files[f"checkpoints/{name}/model.safetensors"] == weights
     assert not [p for p in files if "__pycache__" in p or p.startswith(("tests/", "benchmarks/", ".ci/"))]
@@ -216,7 +217,7 @@ def test_dry_run_lists_the_repos_and_sends_nothing(
     )
     assert GENERATOR in generators
     assert [line.split(":")[0] for line in lines] == [
-        *(f"would upload model someone/{name}" for name in [*PRETRAINED_MODELS, *generators]),
+        *(f"would upload model someone/{name}" for name in [*list_models(pretrained=True), *generators]),
         "would upload space someone/demo",
     ]
     assert len(published.server.requests) == before
@@ -280,11 +281,11 @@ def test_the_uploaded_space_starts_as_a_space_does_and_loads_every_model_from_th
         except subprocess.TimeoutExpired:
             process.kill()
     rows = {row.split("|")[1].strip(): row for row in overview.splitlines() if row.startswith("| ")}
-    for name in PRETRAINED_MODELS:
+    for name in list_models(pretrained=True):
         assert f"Hub: [{OWNER}/{name}]" in rows[name], rows[name]  # loaded from the Hub, not checkpoints/
     downloads = {r.split("/")[-1] for r in server.requests if r.startswith("GET /lfs/")}
     assert {
-        _sha256(server.repos[f"{OWNER}/{n}"]["model.safetensors"]) for n in PRETRAINED_MODELS
+        _sha256(server.repos[f"{OWNER}/{n}"]["model.safetensors"]) for n in list_models(pretrained=True)
     } <= downloads
 
 

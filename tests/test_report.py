@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import torch
 
-from bcop.data import to_mnist_format
+from bcop import create_model
+from bcop.certify import lipschitz_bound
 from bcop.hub import checkpoints_dir
-from bcop.models import create_model
+from bcop.preprocess import to_mnist_format
 from bcop.report import attack_image, certified_curve, certify_image
 from bcop.results import read_results
 from bcop.spectra import jacobian_spectra
@@ -39,13 +41,20 @@ def test_plain_jacobian_is_not_norm_preserving() -> None:
 
 
 def test_the_attack_never_beats_the_certificate_and_the_rows_agree() -> None:
+    """On the trained model (radius about 1): the search must find a real adversarial, so its
+    norm is a finite upper bound that a broken certificate could exceed (tolerance 1e-4)."""
     torch.manual_seed(0)
-    model = create_model("bcop-small-mnist").eval()
+    model = create_model("bcop-small-mnist", pretrained=True)
     x = to_mnist_format(EXAMPLE).unsqueeze(0)
-    cert = certify_image("bcop-small-mnist", model, x, 1.0)
-    attack = attack_image("bcop-small-mnist", model, x, 0.5, 1.0)
+    cert = certify_image("bcop-small-mnist", model, x, lipschitz_bound(model))
+    attack = attack_image("bcop-small-mnist", model, x, 0.5, cert.lipschitz)
     assert attack.radius == pytest.approx(cert.radius) and attack.prediction == cert.prediction
-    assert attack.upper >= attack.radius - 1e-4 and attack.ratio >= 1 - 1e-4
+    assert cert.radius > 0.5, "a trained model certifies this digit"
+    assert bool(attack.smallest.success[0]) and math.isfinite(attack.upper), "the search found an adversarial"
+    x_adv = attack.smallest.x_adv
+    assert int(model(x_adv).argmax()) != cert.prediction
+    assert float((x_adv - x).norm()) == pytest.approx(attack.upper, rel=1e-5)
+    assert attack.upper >= attack.radius - 1e-4 and 1 - 1e-4 <= attack.ratio < math.inf
     assert attack.row()["certified radius (lower bound)"] == cert.row()["certified radius"]
 
 

@@ -21,6 +21,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from bcop import create_model
 from bcop import train as train_module
 from bcop.cards import _time_sentence, model_card
 from bcop.certify import layer_lipschitz_bounds
@@ -28,7 +29,7 @@ from bcop.data import MNIST_CACHE_NAME, load_dataset
 from bcop.evaluate import _recorded_training, _training_summary, evaluate, pgd_sample
 from bcop.hub import load_folder
 from bcop.layers import SVCMConv2d
-from bcop.models import create_model
+from bcop.losses import make_loss, multiclass_hinge
 from bcop.results import write_results
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -298,11 +299,11 @@ def test_multiclass_hinge_matches_the_written_out_formula() -> None:
     for row, label in zip(logits.tolist(), labels.tolist(), strict=True):
         expected += sum(max(0.0, margin - (row[label] - row[j])) for j in range(10) if j != label) / 10
     expected /= len(labels)
-    assert abs(float(train_module.multiclass_hinge(logits, labels, margin)) - expected) < 1e-12
-    assert abs(float(train_module.make_loss("hinge", 1.5)(logits, labels)) - expected) < 1e-12
+    assert abs(float(multiclass_hinge(logits, labels, margin)) - expected) < 1e-12
+    assert abs(float(make_loss("hinge", 1.5)(logits, labels)) - expected) < 1e-12
     # zero loss exactly when every gap is at least the margin
     separated = torch.nn.functional.one_hot(labels, 10).double() * (margin + 1e-6)
-    assert float(train_module.multiclass_hinge(separated, labels, margin)) == 0.0
+    assert float(multiclass_hinge(separated, labels, margin)) == 0.0
 
 
 def test_loss_is_chosen_by_model_kind() -> None:
@@ -354,7 +355,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch() -> None:
     model = create_model("plain-small-mnist")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     x, y = torch.rand(16, 1, 28, 28), torch.arange(16) % 10
-    loss_fn = train_module.make_loss("ce")
+    loss_fn = make_loss("ce")
     first, _ = train_module.train_step(model, optimizer, x, y, loss_fn)
     for _ in range(5):
         last, accuracy = train_module.train_step(model, optimizer, x, y, loss_fn)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from bcop.layers import BCOPConv2d, BjorckLinear
+from bcop.layers import BCOPConv2d, OrthogonalLinear
 from bcop.orthogonal import conv_singular_values, polar, polar_linear
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -41,7 +41,7 @@ def _conv_error(layer: BCOPConv2d, size: int = 8) -> float:
     return float((conv_singular_values(layer.weight.detach().double(), size) - 1).abs().max())
 
 
-def _effective_dense_error(layer: BjorckLinear) -> float:
+def _effective_dense_error(layer: OrthogonalLinear) -> float:
     """max |sigma - 1| of the map a training step applies (grad enabled, train mode)."""
     identity = torch.eye(layer.in_features)
     applied = layer(identity) - (0 if layer.bias is None else layer.bias)
@@ -78,7 +78,7 @@ def test_dense_layer_trains_with_an_orthonormal_map(fin: int, fout: int, cond: f
     train-mode weight are orthonormal to 1e-4, from a well-conditioned raw matrix (float32
     eigh) through cond 30 (refined in float64) to 1e4 (float64 Gram, weight formed)."""
     torch.manual_seed(0)
-    layer = BjorckLinear(fin, fout).train()
+    layer = OrthogonalLinear(fin, fout).train()
     conditioned_(layer.parametrizations.weight.original, cond, fin)
     assert _effective_dense_error(layer) < ORTHO_TOL
     assert float((torch.linalg.svdvals(layer.weight.detach().double()) - 1).abs().max()) < ORTHO_TOL

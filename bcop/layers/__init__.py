@@ -1,5 +1,6 @@
 """Lipschitz layers: thin ``nn.Module``s over the maths in :mod:`bcop.orthogonal`."""
 
+from bcop.deprecation import deprecated_names
 from bcop.layers.activations import GroupSort, MaxMin, group_sort
 from bcop.layers.conv import (
     KERNEL_SIZES,
@@ -11,7 +12,7 @@ from bcop.layers.conv import (
     SVCMConv2d,
 )
 from bcop.layers.downsample import InvertibleDownsample
-from bcop.layers.linear import BjorckLinear, LipschitzLinear, Orthonormal
+from bcop.layers.linear import LipschitzLinear, OrthogonalLinear, Orthonormal
 from bcop.layers.parametrization import (
     PAPER_BJORCK,
     POLAR,
@@ -24,13 +25,13 @@ from bcop.orthogonal import bcop_kernel, svcm_project
 __all__ = [
     "KERNEL_SIZES",
     "BCOPConv2d",
-    "BjorckLinear",
     "GroupSort",
     "InvertibleDownsample",
     "LipschitzConv2d",
     "LipschitzLinear",
     "MaxMin",
     "OSSNConv2d",
+    "OrthogonalLinear",
     "Orthonormal",
     "OrthoParams",
     "PAPER_BJORCK",
@@ -44,3 +45,5 @@ __all__ = [
     "group_sort",
     "svcm_project",
 ]
+
+__getattr__ = deprecated_names(__name__, {"BjorckLinear": ("bcop.layers.OrthogonalLinear", OrthogonalLinear)})

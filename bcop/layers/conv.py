@@ -10,20 +10,20 @@ exactly from the weight it actually uses (never assumed to be 1).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
+from bcop.deprecation import deprecated_names
 from bcop.layers.parametrization import POLAR, CachedParametrization, OrthoParams, scaled_orthogonal_
 from bcop.orthogonal import as_pair, bcop_kernel, conv2d_same, conv_spectral_norm, svcm_project
 
 __all__ = [
     "KERNEL_SIZES",
     "LipschitzConv2d",
-    "OrthonormalisedConv2d",
+    "OrthonormalizedConv2d",
     "InputSizedConv2d",
     "PlainConv2d",
     "BCOPConv2d",
@@ -39,13 +39,16 @@ PADDING_MODES = ("circular", "zeros")
 class LipschitzConv2d(nn.Conv2d):
     """Stride-1 convolution with "same" output size that can bound its own Lipschitz constant.
 
+    Every subclass takes the same first arguments and adds its own settings as keyword-only
+    arguments of its constructor, which sets its constraint up after this one has made the
+    weight.
+
     Args:
         in_channels, out_channels: channel counts (>= 1).
         kernel_size: k in 1..7 (square kernels).
         bias: add a learnable bias (it does not change the Lipschitz constant).
         padding_mode: ``"circular"`` (the operator whose singular values BCOP controls exactly)
             or ``"zeros"``.
-        **constraint: the subclass's constraint settings (see its :meth:`_constrain_`).
     """
 
     def __init__(
@@ -53,9 +56,9 @@ class LipschitzConv2d(nn.Conv2d):
         in_channels: int,
         out_channels: int,
         kernel_size: int,
+        *,
         bias: bool = True,
         padding_mode: str = "circular",
-        **constraint: Any,
     ) -> None:
         if (
             not isinstance(in_channels, int)
@@ -77,12 +80,6 @@ class LipschitzConv2d(nn.Conv2d):
             padding_mode=padding_mode,
             bias=bias,
         )
-        self._constrain_(**constraint)
-
-    def _constrain_(self) -> None:
-        """Set up the layer's constraint once its weight exists: none here; a subclass adds its
-        own and declares its settings as this method's keyword arguments, which the constructor
-        passes on."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, in_channels, H, W) -> (N, out_channels, H, W)."""
@@ -115,15 +112,25 @@ class PlainConv2d(LipschitzConv2d):
     """Unconstrained convolution; its bound is computed exactly and is usually far above 1."""
 
 
-class OrthonormalisedConv2d(LipschitzConv2d):
-    """A convolution whose kernel a parametrization computes from orthonormalised raw tensors.
+class OrthonormalizedConv2d(LipschitzConv2d):
+    """A convolution whose kernel a parametrization computes from orthonormalized raw tensors.
 
     Args:
         in_channels, out_channels, kernel_size, bias, padding_mode: as ``LipschitzConv2d``.
-        ortho: how the raw tensors are orthonormalised (default: the exact polar factor).
+        ortho: how the raw tensors are orthonormalized (default: the exact polar factor).
     """
 
-    def _constrain_(self, ortho: OrthoParams = POLAR) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        bias: bool = True,
+        padding_mode: str = "circular",
+        ortho: OrthoParams = POLAR,
+    ) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, bias=bias, padding_mode=padding_mode)
         parametrize.register_parametrization(self, "weight", self._parametrization(ortho))
         self._init_raw_()
 
@@ -169,13 +176,13 @@ class BCOPKernel(CachedParametrization):
         return bcop_kernel(h, u, self.kernel_size, self.out_channels, self.in_channels)
 
 
-class BCOPConv2d(OrthonormalisedConv2d):
+class BCOPConv2d(OrthonormalizedConv2d):
     """Block Convolution Orthogonal Parameterization (Li et al., NeurIPS 2019).
 
     An orthogonal convolution: with circular padding all singular values of the operator are
     1 (for in_channels != out_channels, the kernel is a block of an orthogonal one of
     max(in, out) channels: an isometry when out >= in, gradient-norm preserving when out <= in).
-    Arguments as :class:`OrthonormalisedConv2d`.
+    Arguments as :class:`OrthonormalizedConv2d`.
     """
 
     def reset_parameters(self) -> None:
@@ -206,9 +213,9 @@ class ReshapedKernel(CachedParametrization):
         return (matrix / self.kernel_size).reshape(raw.shape)
 
 
-class RKOConv2d(OrthonormalisedConv2d):
+class RKOConv2d(OrthonormalizedConv2d):
     """Reshaped Kernel Orthogonalisation: 1-Lipschitz but not gradient-norm preserving.
-    Arguments as :class:`OrthonormalisedConv2d`."""
+    Arguments as :class:`OrthonormalizedConv2d`."""
 
     def _parametrization(self, ortho: OrthoParams) -> CachedParametrization:
         return ReshapedKernel(self.kernel_size[0], ortho)
@@ -281,8 +288,8 @@ class InputSizedConv2d(LipschitzConv2d):
     SVCM's projection act on the circular-convolution operator on ``input_size``).
 
     Args:
+        in_channels, out_channels, kernel_size, bias, padding_mode: as ``LipschitzConv2d``.
         input_size: the (h, w) or n of the inputs this layer will see.
-        **constraint: the subclass's constraint settings (see its :meth:`_constrain_`).
     """
 
     def __init__(
@@ -290,16 +297,19 @@ class InputSizedConv2d(LipschitzConv2d):
         in_channels: int,
         out_channels: int,
         kernel_size: int,
+        *,
         input_size: int | Sequence[int],
         bias: bool = True,
         padding_mode: str = "circular",
-        **constraint: Any,
     ) -> None:
-        constraint["input_size"] = as_pair(input_size)
-        super().__init__(in_channels, out_channels, kernel_size, bias, padding_mode, **constraint)
+        super().__init__(in_channels, out_channels, kernel_size, bias=bias, padding_mode=padding_mode)
+        self.input_size = as_pair(input_size)
+        self._setup_constraint_()
 
-    def _constrain_(self, input_size: tuple[int, int]) -> None:
-        self.input_size = input_size
+    def _setup_constraint_(self) -> None:
+        """Set the constraint up once the weight and ``input_size`` exist: none here; SVCM
+        projects a first time. A subclass with settings of its own takes them in its
+        constructor instead."""
 
 
 class OSSNConv2d(InputSizedConv2d):
@@ -311,6 +321,7 @@ class OSSNConv2d(InputSizedConv2d):
     :meth:`lipschitz_bound` measures exactly; not gradient-norm preserving.
 
     Args:
+        in_channels, out_channels, kernel_size, bias, padding_mode: as ``LipschitzConv2d``.
         input_size: the (h, w) or n of the inputs this layer will see.
         power_iters: power iterations per training forward (the paper's MNIST runs used 10).
             The estimate is warm-started from the previous step's vectors, so it only has to
@@ -319,8 +330,25 @@ class OSSNConv2d(InputSizedConv2d):
             with it every certificate) exceeds 1.
     """
 
-    def _constrain_(self, input_size: tuple[int, int], power_iters: int = 10) -> None:
-        super()._constrain_(input_size)
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        *,
+        input_size: int | Sequence[int],
+        bias: bool = True,
+        padding_mode: str = "circular",
+        power_iters: int = 10,
+    ) -> None:
+        super().__init__(
+            in_channels,
+            out_channels,
+            kernel_size,
+            input_size=input_size,
+            bias=bias,
+            padding_mode=padding_mode,
+        )
         parametrize.register_parametrization(
             self,
             "weight",
@@ -339,12 +367,12 @@ class SVCMConv2d(InputSizedConv2d):
     steps and at the end) to pull it back towards the set of 1-Lipschitz kernels.
 
     Args:
+        in_channels, out_channels, kernel_size, bias, padding_mode: as ``LipschitzConv2d``.
         input_size: the (h, w) or n of the inputs this layer will see (the projection is exact
             for that size only).
     """
 
-    def _constrain_(self, input_size: tuple[int, int]) -> None:
-        super()._constrain_(input_size)
+    def _setup_constraint_(self) -> None:
         self.project_()
 
     @torch.no_grad()
@@ -352,3 +380,8 @@ class SVCMConv2d(InputSizedConv2d):
         """Clip and mask the kernel in place, ``rounds`` times."""
         for _ in range(rounds):
             self.weight.copy_(svcm_project(self.weight, self.input_size))
+
+
+__getattr__ = deprecated_names(
+    __name__, {"OrthonormalisedConv2d": ("bcop.layers.conv.OrthonormalizedConv2d", OrthonormalizedConv2d)}
+)

@@ -1,4 +1,4 @@
-"""Dense layers that bound their own Lipschitz constant; the Björck-orthogonal one is GNP."""
+"""Dense layers that bound their own Lipschitz constant; the orthogonal one is GNP."""
 
 from __future__ import annotations
 
@@ -8,10 +8,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from bcop.deprecation import deprecated_names
 from bcop.layers.parametrization import POLAR, CachedParametrization, OrthoParams, scaled_orthogonal_
 from bcop.orthogonal import polar_linear
 
-__all__ = ["LipschitzLinear", "BjorckLinear", "Orthonormal"]
+__all__ = ["LipschitzLinear", "OrthogonalLinear", "Orthonormal"]
 
 
 class LipschitzLinear(nn.Linear):
@@ -49,19 +50,21 @@ class Orthonormal(CachedParametrization):
         return self.ortho.orthonormalize(raw, precise=not self.training)
 
 
-class BjorckLinear(LipschitzLinear):
-    """Dense layer with an orthonormal weight (rows or columns, whichever are fewer).
+class OrthogonalLinear(LipschitzLinear):
+    """Dense layer with an orthonormal weight (rows or columns, whichever are fewer), computed
+    from a free matrix by the exact polar factor or, with ``ortho=PAPER_BJORCK``, by the
+    paper's Björck iterations.
 
     Gradient-norm preserving when ``out_features <= in_features`` and norm preserving when
     ``out_features >= in_features`` (Anil, Lucas and Grosse, 2019).
 
     Args:
         in_features, out_features, bias: as ``nn.Linear``.
-        ortho: how the weight is orthonormalised (default: the exact polar factor).
+        ortho: how the weight is orthonormalized (default: the exact polar factor).
     """
 
     def __init__(
-        self, in_features: int, out_features: int, bias: bool = True, ortho: OrthoParams = POLAR
+        self, in_features: int, out_features: int, *, bias: bool = True, ortho: OrthoParams = POLAR
     ) -> None:
         super().__init__(in_features, out_features, bias=bias)  # bias: +-1/sqrt(in), the paper's
         scaled_orthogonal_(self.weight, in_features)
@@ -86,3 +89,6 @@ class BjorckLinear(LipschitzLinear):
             self._check_input(x)
             return polar_linear(x, raw, self.bias, precise=False)
         return super().forward(x)
+
+
+__getattr__ = deprecated_names(__name__, {"BjorckLinear": ("bcop.layers.OrthogonalLinear", OrthogonalLinear)})

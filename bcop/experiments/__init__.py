@@ -1,0 +1,1 @@
+"""Runs that write the tables in ``docs/``, built on the library."""
