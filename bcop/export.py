@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from bcop.layers import GroupSort, InvertibleDownsample, LipschitzConv2d, LipschitzLinear
+from bcop.layers import GroupSort, InvertibleDownsample, LipschitzConv2d, LipschitzLinear, OrthogonalLinear
 
 __all__ = ["export", "save_onnx"]
 
@@ -50,7 +50,21 @@ def _plain_linear(linear: LipschitzLinear) -> nn.Linear:
     return plain
 
 
+def _applies_its_weight(module: nn.Module) -> bool:
+    """Whether ``module`` computes, in eval mode, exactly a convolution or product with its
+    ``weight`` (a layer that overrides how it applies the weight cannot be baked into one)."""
+    cls = type(module)
+    if isinstance(module, LipschitzConv2d):
+        return cls.forward is LipschitzConv2d.forward and cls._conv_forward is LipschitzConv2d._conv_forward
+    return cls.forward in (LipschitzLinear.forward, OrthogonalLinear.forward)
+
+
 def _plain_layer(name: str, module: nn.Module) -> nn.Module:
+    if isinstance(module, (LipschitzConv2d, LipschitzLinear)) and not _applies_its_weight(module):
+        raise TypeError(
+            f"cannot export layer {name!r} of type {type(module).__name__}: it applies its weight in "
+            "its own way, which one nn.Conv2d / nn.Linear would not reproduce"
+        )
     if isinstance(module, LipschitzConv2d):
         return _plain_conv(module)
     if isinstance(module, LipschitzLinear):

@@ -31,7 +31,10 @@ __all__ = [
     "gram_inverse_sqrt",
     "polar_linear",
     "newton_schulz_step",
+    "GRAM_EPS",
+    "FLOAT32_EIGH_MAX_COND",
     "FLOAT32_GRAM_MAX_COND",
+    "REFINED_EIGH_MAX_COND",
     "orthonormalize",
     "ORTHO_METHODS",
     "spectral_norm_upper_bound",
@@ -362,7 +365,7 @@ def polar_linear(
     """
     tall = w.shape[-2] > w.shape[-1]
     a, s, _ = _GramInverseSqrt.apply(w if tall else w.mT, GRAM_EPS, precise)
-    if _can_branch(s) and float(s[-1] / s[0]) > REFINED_EIGH_MAX_COND:
+    if _can_branch(s) and float((s[..., -1] / s[..., 0]).max()) > REFINED_EIGH_MAX_COND:
         q = w @ a if tall else a @ w
         return F.linear(x, q if precise else newton_schulz_step(q), bias)
     if tall:

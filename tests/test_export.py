@@ -59,9 +59,18 @@ def test_export_keeps_zero_padding_of_odd_and_even_kernels(k: int) -> None:
         torch.testing.assert_close(export(model)(x), model(x), rtol=0, atol=1e-6)
 
 
+class _TwiceConv(BCOPConv2d):
+    """A layer that applies its kernel twice: no single nn.Conv2d computes it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(super().forward(x))
+
+
 def test_export_rejects_a_layer_it_does_not_know() -> None:
     with pytest.raises(TypeError, match="cannot export layer '1' of type Softmax"):
         export(nn.Sequential(nn.Flatten(), nn.Softmax(dim=1)))
+    with pytest.raises(TypeError, match="cannot export layer '0' of type .*TwiceConv: it applies its weight"):
+        export(nn.Sequential(_TwiceConv(2, 2, 3)))
 
 
 _RUN_WITHOUT_BCOP = textwrap.dedent(
