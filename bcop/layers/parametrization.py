@@ -106,7 +106,9 @@ class CachedParametrization(nn.Module):
         afresh: a weight gradient is needed, or a transform traces a tensor."""
         # buffers too (OSSN's power-iteration vectors): load_state_dict and training change them.
         # A parametrization has no submodules, so its own _buffers are all of them.
-        tensors = (*originals, *(b for b in self._buffers.values() if b is not None))
+        tensors = originals
+        if self._buffers:
+            tensors = (*originals, *(b for b in self._buffers.values() if b is not None))
         if torch.is_grad_enabled() and any(o.requires_grad for o in originals):
             return None
         if not all(map(_untraced, tensors)):
@@ -142,11 +144,10 @@ def current_weight(module: nn.Module) -> torch.Tensor:
     if parametrizations is None or "weight" not in parametrizations:
         return module.weight
     chain = parametrizations["weight"]
-    if len(chain) == 1 and isinstance(chain[0], CachedParametrization):
-        if chain.is_tensor:
-            value = chain[0].cached(chain.original)
-        else:
-            value = chain[0].cached(*(getattr(chain, f"original{i}") for i in range(chain.ntensors)))
+    # the chain's own parameters are its originals: "original", or "original0", "original1", ...
+    originals = tuple(chain._parameters.values())
+    if len(chain) == 1 and isinstance(chain[0], CachedParametrization) and len(originals) == chain.ntensors:
+        value = chain[0].cached(*originals)
         if value is not None:
             return value
     return module.weight
