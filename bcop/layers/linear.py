@@ -85,16 +85,11 @@ class OrthogonalLinear(LipschitzLinear):
         function and gradient at a fraction of the cost); everything else uses ``self.weight``,
         cached while the raw matrix does not change.
         """
-        raw = self.parametrizations.weight.original
-        parametrization = self.parametrizations.weight[0]
-        if (
-            self.training
-            and torch.is_grad_enabled()
-            and raw.requires_grad
-            and parametrization.ortho.method == "polar"
-        ):
-            self._check_input(x)
-            return polar_linear(x, raw, self.bias, precise=False)
+        if self.training and torch.is_grad_enabled():
+            chain = self.parametrizations.weight
+            if chain.original.requires_grad and chain[0].ortho.method == "polar":
+                self._check_input(x)
+                return polar_linear(x, chain.original, self.bias, precise=False)
         return super().forward(x)
 
 
