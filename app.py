@@ -1,7 +1,7 @@
 """Gradio demo: certify, attack and look inside provably Lipschitz CNNs (BCOP, Li et al. 2019).
 
 ``python app.py`` serves the MNIST models from the Hugging Face Hub when it answers, else from
-``checkpoints/`` (``--hub-repo ""`` for the embedded checkpoints only). This file only parses
+``checkpoints/`` (``--hub-owner ""`` for the embedded checkpoints only). This file only parses
 the arguments, assembles the page from one ``create_tab`` per tab (package ``demo/``),
 configures the queue and launches; every number on the page comes from the ``bcop`` library.
 Each action is also a named API endpoint for ``gradio_client``.
@@ -19,6 +19,7 @@ from typing import Any
 import gradio as gr
 import torch
 
+from bcop.deprecation import warn_renamed
 from bcop.hub import hub_owner
 from demo import certify_tab, gradients_tab, models_tab, orthogonality_tab, wasserstein_tab
 from demo.store import ModelStore
@@ -43,10 +44,10 @@ new MutationObserver(() => {
 </script>"""
 
 
-def build_demo(hub_repo: str | None = None) -> gr.Blocks:
-    """The page; models come from the Hub owner ``hub_repo`` (default :func:`bcop.hub.hub_owner`,
+def build_demo(owner: str | None = None) -> gr.Blocks:
+    """The page; models come from the Hub owner ``owner`` (default :func:`bcop.hub.hub_owner`,
     "" for none) when the Hub answers, else from :func:`bcop.hub.checkpoints_dir`."""
-    store = ModelStore(hub_repo)
+    store = ModelStore(owner)
     with gr.Blocks(title="BCOP: provably robust CNNs") as demo:
         gr.Markdown(
             "# Provably Lipschitz CNNs with BCOP\n"
@@ -90,7 +91,7 @@ def launch_options(host: str, port: int, share: bool = False) -> dict[str, Any]:
 
 
 def launch(
-    hub_repo: str | None = None,
+    owner: str | None = None,
     host: str = "127.0.0.1",
     port: int = 7860,
     share: bool = False,
@@ -101,7 +102,7 @@ def launch(
 
     With ``warm``, every model is loaded in a background thread once the server is up.
     """
-    demo = configure_queue(build_demo(hub_repo), concurrency=concurrency)
+    demo = configure_queue(build_demo(owner), concurrency=concurrency)
     demo.launch(prevent_thread_lock=True, quiet=True, **launch_options(host, port, share))
     if warm:
         threading.Thread(target=demo.store.warm, name="warm-models", daemon=True).start()
@@ -118,8 +119,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--port", type=int, default=int(env("GRADIO_SERVER_PORT", "7860")), help="default 7860"
     )
     parser.add_argument(
-        "--hub-repo", default=hub_owner(), help='Hub owner of the models ("": checkpoints/ only)'
+        "--hub-owner", default=hub_owner(), help='Hub owner of the models ("": checkpoints/ only)'
     )
+    parser.add_argument("--hub-repo", dest="old_hub_repo", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--share", action="store_true", help="create a public gradio.live link (off by default)"
     )
@@ -128,14 +130,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--concurrency", type=int, default=2, help="quick requests served at once (default 2)"
     )
     parser.add_argument("--no-warm", action="store_true", help="load models on first use, not at start-up")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.old_hub_repo is not None:  # the deprecated name of --hub-owner: it names an owner
+        warn_renamed("app.py --hub-repo", "--hub-owner", stacklevel=2)
+        args.hub_owner = args.old_hub_repo
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(max(1, args.threads))
-    demo = launch(args.hub_repo, args.host, args.port, args.share, args.concurrency, warm=not args.no_warm)
+    demo = launch(args.hub_owner, args.host, args.port, args.share, args.concurrency, warm=not args.no_warm)
     print(f"BCOP demo running on {demo.local_url}", flush=True)
     if demo.share_url:
         print(f"public link: {demo.share_url}", flush=True)

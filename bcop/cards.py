@@ -20,7 +20,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from bcop.hardware import is_cpu_hardware
-from bcop.hub import CARD_FILE, CONFIG_FILE, HUB_OWNER, LIBRARY_NAME, checkpoints_dir
+from bcop.hub import CARD_FILE, CONFIG_FILE, HUB_OWNER, LIBRARY_NAME, SPACE_NAME, checkpoints_dir
 from bcop.models import ModelConfig, parse_model_name
 from bcop.results import eps_key, read_results, write_results
 
@@ -34,7 +34,6 @@ __all__ = [
     "main",
 ]
 
-SPACE_NAME = "bcop"  # the Space that holds the code and the demo: OWNER/bcop
 # Our dataset names -> (Hub dataset id, display name).
 HUB_DATASETS = {"mnist": ("ylecun/mnist", "MNIST"), "cifar10": ("uoft-cs/cifar10", "CIFAR-10")}
 ATTACK_LOSS_NAMES = {"margin": "logit margin", "ce": "cross-entropy"}

@@ -24,15 +24,17 @@ from typing import Any
 
 import numpy as np
 import torch
+from huggingface_hub import ModelCard, ModelCardData
 from PIL import Image
 from safetensors.torch import load_file
 from torch import nn
 
+from bcop.cards import HUB_DATASETS
 from bcop.certify import certify
 from bcop.checkpoint import check_resumable, load_state, save_state
 from bcop.data import load_dataset
 from bcop.factory import create_model
-from bcop.hub import checkpoints_dir, fetch_folder, save_folder
+from bcop.hub import GENERATOR_KIND, LIBRARY_NAME, checkpoints_dir, fetch_folder, save_folder
 
 __all__ = [
     "GENERATOR_NAME",
@@ -49,7 +51,6 @@ __all__ = [
 ]
 
 GENERATOR_NAME = "wgan-gp-mnist"
-GENERATOR_KIND = "generator"
 SCHEMA_VERSION = 2
 CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, GRID_FILE = (
     "config.json",
@@ -217,7 +218,7 @@ def save_generator(gen: Generator, folder: str | Path, card: str | None = None) 
         "kind": GENERATOR_KIND,
         "schema_version": SCHEMA_VERSION,
         "model_name": GENERATOR_NAME,
-        "library_name": "bcop",
+        "library_name": LIBRARY_NAME,
         "output_shape": [1, 28, 28],
         **dataclasses.asdict(gen.config),
     }
@@ -309,17 +310,29 @@ def _training_seconds(metrics: list[dict[str, Any]]) -> float:
     return total + last
 
 
+_CARD_DATA = ModelCardData(
+    model_name=GENERATOR_NAME,
+    library_name=LIBRARY_NAME,
+    pipeline_tag="unconditional-image-generation",
+    license="mit",
+    datasets=[HUB_DATASETS["mnist"][0]],
+    tags=["wgan-gp", "mnist", "wasserstein"],
+)
+"""The generator card's metadata, which the Hub indexes."""
+
+
 def _card(cfg: dict[str, Any], step: int, seconds: float, quality: dict[str, Any]) -> str:
+    """The generator's model card: metadata the Hub indexes (built with ``ModelCardData``, as
+    the classifiers' in :mod:`bcop.cards`), then training, quality and use."""
     command = (
         "OMP_NUM_THREADS=1 python -m bcop.gan train --out runs/wgan-gp-mnist "
         f"--steps {step} --width {cfg['width']} --latent-dim {cfg['latent_dim']} --seed {cfg['seed']}"
     )
     hist = " | ".join(f"{100 * v:.1f}" for v in quality["class_share"])
-    return f"""---
-library_name: bcop
-pipeline_tag: unconditional-image-generation
-tags: [wgan-gp, mnist, wasserstein]
-datasets: [mnist]
+    return str(
+        ModelCard(
+            f"""---
+{_CARD_DATA.to_yaml()}
 ---
 
 # wgan-gp-mnist
@@ -363,6 +376,8 @@ from bcop.gan import load_generator
 images = load_generator().sample(16)  # (16, 1, 28, 28) in [0, 1]
 ```
 """
+        )
+    )
 
 
 def export_run(run: Path, to: Path | None = None) -> Path:

@@ -2,14 +2,18 @@
 
     python -m bcop.publish --owner OWNER [--space NAME] [--token TOKEN] [--private] [--dry-run]
 
+It first asks the Hub who the token belongs to, under the Hub deadline, and stops with one line
+saying what to do when there is no token, the Hub cannot be reached or offline mode is on.
+
 Each model folder of ``checkpoints/`` becomes the model repo ``OWNER/NAME``: the classifiers of
 :func:`bcop.list_models` ``(pretrained=True)`` and, as their own kind with their own card, any generator
 (``"kind": "generator"`` in its config). Then the Space ``OWNER/NAME`` (default ``bcop``)
-receives the app (``app.py``, ``demo/``, ``bcop/``, ``examples/``), the runtime
-``requirements.txt``, ``LICENSE``, ``.gitattributes``, the model folders as its fallback, and
-the README whose YAML header lists the classifier repos under ``models`` and
-``preload_from_hub``; its variable ``BCOP_HUB_REPO`` is set to ``OWNER`` so that the app loads
-them from the Hub.
+receives the app (``app.py``, ``demo/``, ``bcop/``, ``examples/``), what ``pip`` needs to
+install the library from it (``pyproject.toml``, ``MANIFEST.in``, ``docs/pypi.md``), the
+Space's ``requirements.txt`` (:func:`space_requirements`), ``LICENSE``, ``.gitattributes``, the
+model folders as its fallback, and the README whose YAML header lists the model repos under
+``models`` and ``preload_from_hub``; its variable ``BCOP_HUB_OWNER`` is set to ``OWNER`` so
+that the app loads them from the Hub.
 
 Everything goes through ``HfApi.create_repo`` and one ``create_commit`` per repo (binaries
 through Xet or LFS as the Hub requires; files no longer shipped are deleted; unchanged files are
@@ -30,7 +34,11 @@ from typing import TYPE_CHECKING
 from bcop.hub import (
     CARD_FILE,
     CONFIG_FILE,
+    GENERATOR_KIND,
     HUB_OWNER,
+    OWNER_ENV,
+    SPACE_NAME,
+    call_hub,
     checkpoints_dir,
     hub_owner,
     load_folder,
@@ -40,14 +48,29 @@ from bcop.models import list_models
 if TYPE_CHECKING:
     from huggingface_hub import HfApi
 
-__all__ = ["SPACE_NAME", "Upload", "model_uploads", "space_upload", "publish", "publish_model", "main"]
+__all__ = [
+    "PublishError",
+    "Upload",
+    "check_login",
+    "model_uploads",
+    "space_requirements",
+    "space_upload",
+    "publish",
+    "publish_model",
+    "main",
+]
 
-SPACE_NAME = "bcop"
 ROOT = Path(__file__).resolve().parent.parent
-SPACE_FILES = ("app.py", "requirements.txt", "LICENSE", ".gitattributes")
+# The app, and what `pip install "bcop @ git+https://huggingface.co/spaces/OWNER/bcop"` needs.
+SPACE_FILES = ("app.py", "pyproject.toml", "MANIFEST.in", "docs/pypi.md", "LICENSE", ".gitattributes")
 SPACE_FOLDERS = ("bcop", "demo", "examples")
 PRELOADED_FILES = (CONFIG_FILE, "model.safetensors", CARD_FILE)
-GENERATOR_KIND = "generator"
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+CPU_BUILDS = ("torch", "torchvision")  # on the CPU index as VERSION+cpu, without CUDA's 4 GB
+
+
+class PublishError(RuntimeError):
+    """Publishing cannot start or failed; the message is one line saying what to do."""
 
 
 @dataclass
@@ -111,29 +134,93 @@ def model_uploads(owner: str, folders: Sequence[Path]) -> list[Upload]:
     return [Upload(f"{owner}/{folder.name}", "model", _folder_files(folder, "", owner)) for folder in folders]
 
 
-def space_header(readme: str, owner: str) -> str:
-    """The README with its Space header naming the classifier repos of ``owner`` (``models`` and
-    ``preload_from_hub``, which downloads them into the Space's Hub cache at build time)."""
+def space_header(readme: str, owner: str, names: Sequence[str] | None = None) -> str:
+    """The README with its Space header naming the model repos ``owner/NAME`` of ``names``
+    (default: the pretrained classifiers; publishing passes them and the generators) under
+    ``models`` and ``preload_from_hub``, which downloads them into the Space's Hub cache at
+    build time."""
     from huggingface_hub import SpaceCard
 
     card = SpaceCard(_for_owner(readme, owner))
-    repos = [f"{owner}/{name}" for name in list_models(pretrained=True)]
+    repos = [f"{owner}/{name}" for name in (list_models(pretrained=True) if names is None else names)]
     card.data.models = repos
     card.data.preload_from_hub = [f"{repo} {','.join(PRELOADED_FILES)}" for repo in repos]
     return str(card)
+
+
+def space_requirements(runtime: str) -> str:
+    """The Space's ``requirements.txt`` from ours (``runtime``): torch and torchvision as their
+    CPU builds from the PyTorch CPU index (Spaces on CPU hardware have no GPU for CUDA's
+    libraries), and no gradio pin, which the header's ``sdk_version`` sets.
+
+    Raises:
+        ValueError: a line is not a plain ``name==version`` pin.
+    """
+    lines = [
+        "# Written by bcop.publish from the repository's requirements.txt: CPU builds of torch.",
+        f"--extra-index-url {TORCH_CPU_INDEX}",
+    ]
+    for line in runtime.splitlines():
+        pin = line.split("#")[0].strip()
+        if not pin:
+            continue
+        name, sep, version = pin.partition("==")
+        if not sep or not name.strip() or not version.strip():
+            raise ValueError(f"requirements.txt: {line!r} is not a name==version pin")
+        if name.strip().lower() == "gradio":  # the Space's sdk_version installs it
+            continue
+        cpu = "+cpu" if name.strip().lower() in CPU_BUILDS else ""
+        lines.append(f"{name.strip()}=={version.strip()}{cpu}")
+    return "\n".join(lines) + "\n"
 
 
 def space_upload(space_id: str, owner: str, folders: Sequence[Path], source: Path = ROOT) -> Upload:
     """The Space's files, from a checkout of this repository (``source``), with the model
     folders as its ``checkpoints/``."""
     files: dict[str, Path | bytes] = {n: source / n for n in SPACE_FILES if (source / n).is_file()}
+    files["requirements.txt"] = space_requirements((source / "requirements.txt").read_text()).encode()
     for name in SPACE_FOLDERS:
         if (source / name).is_dir():
             files.update(_folder_files(source / name, f"{name}/", owner))
     for folder in folders:
         files.update(_folder_files(folder, f"checkpoints/{folder.name}/", owner))
-    files[CARD_FILE] = space_header((source / CARD_FILE).read_text(), owner).encode()
+    readme = (source / CARD_FILE).read_text()
+    files[CARD_FILE] = space_header(readme, owner, [folder.name for folder in folders]).encode()
     return Upload(space_id, "space", files)
+
+
+def check_login(token: str | None = None) -> str:
+    """Who the token (default: the saved login or ``$HF_TOKEN``) belongs to, asked of the Hub
+    under its deadline (:func:`bcop.hub.hub_timeout`).
+
+    Raises:
+        PublishError: offline mode, no token, an unreachable Hub or a refused token; the
+            message says what to do.
+    """
+    from huggingface_hub import HfApi, constants, get_token
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if constants.HF_HUB_OFFLINE:
+        raise PublishError("offline mode is on (HF_HUB_OFFLINE is set): unset it to publish")
+    if token is None and get_token() is None:
+        raise PublishError("no Hub token: log in with `hf auth login`, set HF_TOKEN, or pass --token")
+    try:
+        return call_hub(lambda: HfApi(token=token).whoami()["name"], "asking the Hub who the token is")
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else "no"
+        if status in (401, 403):
+            raise PublishError(
+                f"the Hub at {constants.ENDPOINT} refused the token (HTTP {status}): log in again with "
+                "`hf auth login` or pass a valid --token"
+            ) from err
+        raise PublishError(
+            f"the Hub at {constants.ENDPOINT} failed (HTTP {status}): try again later"
+        ) from err
+    except Exception as err:  # no answer in time, refused or dropped: no HTTP status at all
+        raise PublishError(
+            f"the Hub at {constants.ENDPOINT} cannot be reached ({type(err).__name__}): check the network "
+            "(and HF_ENDPOINT), then publish again"
+        ) from err
 
 
 def _commit(api: HfApi, upload: Upload, private: bool, message: str) -> str:
@@ -189,9 +276,14 @@ def publish(
 
     Returns:
         The uploads, models first.
+
+    Raises:
+        PublishError: no token, offline mode, or the Hub cannot be reached (before any upload).
     """
     from huggingface_hub import HfApi
 
+    if not dry_run:
+        check_login(token)  # before anything else: one line at once when it cannot work
     folders = model_folders()
     uploads = model_uploads(owner, folders)
     if space:
@@ -203,7 +295,7 @@ def publish(
         _commit(api, upload, private, "Publish with bcop.publish")
     if space:
         api.add_space_variable(
-            f"{owner}/{space}", "BCOP_HUB_REPO", owner, description="Hub owner of the models the app loads"
+            f"{owner}/{space}", OWNER_ENV, owner, description="Hub owner of the models the app loads"
         )
     return uploads
 
@@ -222,7 +314,7 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         uploads = publish(args.owner, space, args.token, args.private, args.dry_run)
-    except (FileNotFoundError, ValueError) as err:
+    except (FileNotFoundError, ValueError, PublishError) as err:
         sys.exit(f"nothing was published: {err}")
     except HfHubHTTPError as err:
         sys.exit(

@@ -84,7 +84,7 @@ def timed(fn: Callable[[], Any], repeats: int) -> dict[str, float]:
 def measure(checkpoints: Path, repeats: int) -> dict[str, dict[str, float]]:
     """Steady-state latencies of the app served in this process."""
     os.environ["BCOP_CHECKPOINTS"] = str(checkpoints)
-    os.environ["BCOP_HUB_REPO"] = ""
+    os.environ["BCOP_HUB_OWNER"] = ""
 
     demo = app.launch(host=HOST, port=free_port(), warm=False)
     try:

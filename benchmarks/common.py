@@ -49,15 +49,21 @@ def prepare_checkpoints(source: Path, workdir: Path, models: list[str] = MODELS)
 
 
 def start_app(
-    checkpoints: Path, port: int, extra: list[str] = (), timeout: float = 120.0
+    checkpoints: Path,
+    port: int,
+    extra: list[str] = (),
+    timeout: float = 120.0,
+    env: dict[str, str] | None = None,
 ) -> tuple[subprocess.Popen, float]:
-    """Start ``python app.py`` on HOST:port with the embedded ``checkpoints`` only; returns the
-    process and the seconds until it answered HTTP 200 on ``/``."""
+    """Start ``python app.py`` on HOST:port with the embedded ``checkpoints`` (and no Hub unless
+    ``env`` names an owner: it is added to the environment); returns the process and the seconds
+    until it answered HTTP 200 on ``/``."""
     env = {
         **os.environ,
         "BCOP_CHECKPOINTS": str(checkpoints),
-        "BCOP_HUB_REPO": "",
+        "BCOP_HUB_OWNER": "",
         "GRADIO_ANALYTICS_ENABLED": "False",
+        **(env or {}),
     }
     start = time.perf_counter()
     command = [sys.executable, str(ROOT / "app.py"), "--host", HOST, "--port", str(port), *extra]

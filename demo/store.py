@@ -1,11 +1,15 @@
 """The models the demo serves: loaded once, from the Hub when it answers, else from the embedded
-checkpoints, each with its Lipschitz bound, spectra and evaluation record computed once."""
+checkpoints, each with its Lipschitz bound, spectra and evaluation record computed once.
+
+No lock is held across a network call: a model that is loading keeps only the requests for
+that model waiting, and every Hub call has a deadline (:mod:`bcop.hub`)."""
 
 from __future__ import annotations
 
 import logging
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +21,7 @@ from bcop.hub import (
     EVAL_RESULTS_FILE,
     LoadedModel,
     checkpoints_dir,
+    fetch_file,
     hub_owner,
     hub_reachable,
     load_model,
@@ -66,16 +71,14 @@ class ServedModel:
         return self._spectra
 
     def results(self) -> dict[str, Any] | None:
-        """The evaluation record (accuracies in percent), or None when not evaluated."""
+        """The evaluation record (accuracies in percent), or None when not evaluated. For a Hub
+        model, the record of the commit its weights came from."""
         folder = Path(self.loaded.location)
         if not (folder / EVAL_RESULTS_FILE).is_file() and self.loaded.repo_id is not None:
-            try:
-                from huggingface_hub import hf_hub_download
-
-                commit = self.loaded.commit  # the commit the model was read from
-                folder = Path(hf_hub_download(self.loaded.repo_id, EVAL_RESULTS_FILE, revision=commit)).parent
-            except Exception:  # no such file in the repo, or the Hub went away: not evaluated
+            path = fetch_file(self.loaded.repo_id, EVAL_RESULTS_FILE, revision=self.loaded.commit)
+            if path is None:  # no such file in the repo, or the Hub went away: not evaluated
                 return None
+            folder = path.parent
         return read_results(folder)
 
 
@@ -91,8 +94,8 @@ class ModelStore:
         self.owner = hub_owner() if owner is None else owner
         self.use_hub = bool(self.owner) and hub_reachable()
         self.names = self._available()
-        self._models: dict[str, ServedModel] = {}
-        self._lock = threading.Lock()
+        self._loads: dict[str, Future[ServedModel]] = {}  # name -> its load, done or under way
+        self._lock = threading.Lock()  # guards _loads only, never held across a load
 
     def _available(self) -> list[str]:
         pretrained = list_models(pretrained=True)
@@ -120,15 +123,28 @@ class ModelStore:
         return [n for n in self.names if n in chosen]
 
     def get(self, name: str) -> ServedModel:
-        """The served model ``name`` (loaded on first use)."""
+        """The served model ``name``, loaded on first use; a concurrent request for the same
+        model waits for that load, one for another model does not. A failed load is tried
+        again by the next request."""
         self.check([name])
         with self._lock:
-            if name not in self._models:
-                target = f"{self.owner}/{name}" if self.use_hub else checkpoints_dir() / name
-                loaded = load_model(target)
-                loaded.model.requires_grad_(False)  # inference only: attacks differentiate the input
-                self._models[name] = ServedModel(name, loaded, lipschitz_bound(loaded.model))
-            return self._models[name]
+            load = self._loads.get(name)
+            mine = load is None
+            if mine:
+                load = self._loads[name] = Future()
+        if mine:
+            try:
+                load.set_result(self._load(name))
+            except Exception as err:
+                with self._lock:
+                    del self._loads[name]
+                load.set_exception(err)
+        return load.result()
+
+    def _load(self, name: str) -> ServedModel:
+        loaded = load_model(name, owner=self.owner) if self.use_hub else load_model(checkpoints_dir() / name)
+        loaded.model.requires_grad_(False)  # inference only: attacks differentiate the input
+        return ServedModel(name, loaded, lipschitz_bound(loaded.model))
 
     def where(self) -> str:
         """Where the models come from, in a sentence (markdown)."""
@@ -145,7 +161,7 @@ class ModelStore:
         if loaded.source == "hub":
             return f"Hub: [{loaded.repo_id}]({hub_url(loaded.repo_id)})"
         where = f"`{display_path(loaded.location)}`"
-        if self.use_hub:
+        if self.use_hub and hub_reachable():  # answered once; not asked again
             return f"{where} (could not download {self.owner}/{served.name} from the Hub)"
         if self.owner:
             return f"{where} (the Hub could not be reached)"

@@ -61,7 +61,7 @@ def served(root: Path, unreachable_hub_owner: str = "") -> Iterator[gr.Blocks]:
     then says so)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BCOP_CHECKPOINTS", str(root))
-        mp.setenv("BCOP_HUB_REPO", unreachable_hub_owner)
+        mp.setenv("BCOP_HUB_OWNER", unreachable_hub_owner)
         if unreachable_hub_owner:
             mp.setattr(store, "hub_reachable", lambda: False)
         torch.set_num_threads(1)

@@ -30,7 +30,13 @@ Uploads
 * ``POST /api/{type}s/{repo_id}/commit/{revision}`` (ndjson): applies ``file``, ``lfsFile`` and
   ``deletedFile`` operations; like the Hub, it rejects binary content committed as a regular file and an
   ``lfsFile`` whose content was not uploaded;
-* ``POST /api/spaces/{repo_id}/variables``: stores a Space variable.
+* ``POST /api/spaces/{repo_id}/variables``: stores a Space variable;
+* ``GET /api/whoami-v2``: :attr:`FakeHub.user` when the request carries a token, else 401.
+
+Faults (:attr:`FakeHub.fault`), for every request but the root ``/`` (which a reachability
+probe asks): ``"hang"`` accepts and never answers (until the server closes), ``"drop"`` closes
+the connection without an answer, ``"slow"`` answers after :attr:`FakeHub.delay_s`, and
+``"trickle"`` sends LFS content in ten pieces :attr:`FakeHub.delay_s` apart.
 """
 
 from __future__ import annotations
@@ -40,13 +46,37 @@ import hashlib
 import http.server
 import json
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import yaml
 from huggingface_hub import constants
 
+T = TypeVar("T")
 LFS_SUFFIXES = (".safetensors", ".png", ".jpg", ".jpeg", ".gif", ".webp", ".pt", ".bin", ".npz", ".zip")
+
+
+def within(seconds: float, call: Callable[[], T]) -> T:
+    """``call()``, failing instead of hanging when it is not done after ``seconds``."""
+    outcome: list[tuple[bool, object]] = []
+
+    def run() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as err:
+            outcome.append((False, err))
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still waiting after {seconds} s"
+    ok, value = outcome[0]
+    if not ok:
+        raise value  # type: ignore[misc]
+    return value  # type: ignore[return-value]
 
 
 def point_client_at(monkeypatch: pytest.MonkeyPatch, endpoint: str) -> None:
@@ -88,6 +118,9 @@ class FakeHub:
         authorizations: the ``Authorization`` header of every request (None when absent).
         commits: every commit received: ``(repo_type, repo_id, {path: operation})``, the operation
             ``"file"``, ``"lfsFile"`` or ``"deletedFile"``.
+        fault: None, ``"hang"``, ``"drop"``, ``"slow"`` or ``"trickle"`` (module docstring).
+        delay_s: the delay of ``"slow"`` answers and between ``"trickle"`` pieces.
+        user: the name ``whoami`` answers for any token (None: every token is refused).
     """
 
     def __init__(self) -> None:
@@ -101,6 +134,10 @@ class FakeHub:
         self.requests: list[str] = []
         self.authorizations: list[str | None] = []
         self.commits: list[tuple[str, str, dict[str, str]]] = []
+        self.user: str | None = "owner"
+        self.fault: str | None = None
+        self.delay_s = 0.0
+        self._closing = threading.Event()
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self._server.daemon_threads = True
@@ -111,8 +148,14 @@ class FakeHub:
         self._thread.start()
 
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        """Stop answering: from now on every request but the root's is dropped.
+
+        The port keeps listening until the process ends: a client call that a test gave up on
+        may still be retrying in a background thread, and a refused connection makes
+        ``huggingface_hub`` close its shared HTTP client, under the feet of later tests.
+        """
+        self.fault = "drop"
+        self._closing.set()  # hanging handlers return
 
     def store(self, repo_type: str) -> dict[str, dict[str, bytes]]:
         return self.spaces if repo_type == "space" else self.repos
@@ -143,10 +186,18 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
 
         def do_HEAD(self) -> None:
             self._record()
+            if self._faulted():
+                return
             self._download(head=True)
 
         def do_GET(self) -> None:
             self._record()
+            if self._faulted():
+                return
+            if self.path == "/api/whoami-v2":
+                if self.headers.get("Authorization") is None or hub.user is None:
+                    return self._json(401, {"error": "Invalid credentials in Authorization header"})
+                return self._json(200, {"type": "user", "name": hub.user, "orgs": []})
             parts = self.path.split("?")[0].split("/")
             if len(parts) == 7 and parts[1] == "api" and parts[5] in ("revision", "tree"):
                 repo_type, repo_id = parts[2].removesuffix("s"), f"{parts[3]}/{parts[4]}"
@@ -177,6 +228,18 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
         def _record(self) -> None:
             hub.requests.append(f"{self.command} {self.path}")
             hub.authorizations.append(self.headers.get("Authorization"))
+
+        def _faulted(self) -> bool:
+            """Apply ``hub.fault``; True when the request is not to be answered."""
+            if self.path == "/" or hub.fault in (None, "trickle"):
+                return False
+            if hub.fault == "slow":
+                hub._closing.wait(hub.delay_s)
+                return False
+            if hub.fault == "hang":
+                hub._closing.wait(120)  # bounded: the server closes long before
+            self.close_connection = True
+            return True
 
         def _body(self) -> bytes:
             return self.rfile.read(int(self.headers.get("Content-Length", 0)))
@@ -254,7 +317,17 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
             body = hub.transfer.get(sha, hub.lfs.get(sha))
             if body is None:
                 return self._send(404, {}, b"not found", head)
-            return self._send(200, {"ETag": f'"{sha}"'}, body, head)
+            if hub.fault != "trickle" or head:
+                return self._send(200, {"ETag": f'"{sha}"'}, body, head)
+            self.send_response(200)
+            self.send_header("ETag", f'"{sha}"')
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            step = -(-len(body) // 10)
+            for start in range(0, len(body), step):
+                self.wfile.write(body[start : start + step])
+                self.wfile.flush()
+                time.sleep(hub.delay_s)  # the server's pace, not the client's
 
         # --- uploads -------------------------------------------------------------------------
 

@@ -133,3 +133,19 @@ def test_eval_results_carry_the_radius_of_the_robust_metrics() -> None:
     assert entries["accuracy"].metric_args is None
     assert entries["certified_accuracy"].metric_args == {"norm": "L2", "eps": 1.58}
     assert isinstance(entries["pgd_accuracy_paper_attack"], EvalResult)
+
+
+def test_the_generator_card_names_the_hub_dataset_and_the_licence_and_is_what_export_writes() -> None:
+    import dataclasses
+
+    from bcop.gan import GENERATOR_NAME, GanConfig, _card
+
+    folder = checkpoints_dir() / GENERATOR_NAME
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.datasets == ["ylecun/mnist"] and card.data.license == "mit"
+    assert (card.data.library_name, card.data.pipeline_tag) == ("bcop", "unconditional-image-generation")
+    quality = json.loads((folder / "quality.json").read_text())
+    step = quality.pop("step")
+    minutes = int(card.text.split(" minutes on one CPU thread")[0].rsplit(" ", 1)[1])
+    written = _card(dataclasses.asdict(GanConfig()), step, 60 * minutes, quality)
+    assert written == (folder / "README.md").read_text(), "the shipped card is the one export writes"

@@ -14,14 +14,11 @@ import shutil
 import socket
 import subprocess
 import sys
-import threading
-import time
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import huggingface_hub
 import pytest
@@ -32,7 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from bcop import create_model, hub, list_models
 from bcop.models import LipschitzNet, ModelConfig
-from tests.fakehub import FakeHub, point_client_at
+from tests.fakehub import FakeHub, point_client_at, within
 
 REPO = "owner/bcop-small-mnist"
 NAME = "bcop-small-mnist"
@@ -50,7 +47,7 @@ def isolated_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reaches huggingface.co: the Hub client points at a port where nothing listens
     (``fake_hub`` replaces it), and each test probes reachability afresh."""
     point_client_at(monkeypatch, _unused_endpoint())
-    monkeypatch.delenv("BCOP_HUB_REPO", raising=False)
+    monkeypatch.delenv("BCOP_HUB_OWNER", raising=False)
     monkeypatch.delenv("HF_TOKEN", raising=False)
     monkeypatch.setattr(hub, "_reachable", {})
     monkeypatch.setattr(hub, "_fell_back", set())
@@ -156,7 +153,7 @@ def test_missing_path_raises_file_not_found_not_a_hub_error(tmp_path: Path) -> N
 def test_registry_name_without_hub_loads_the_embedded_checkpoint(
     saved: Saved, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("BCOP_HUB_REPO", "")
+    monkeypatch.setenv("BCOP_HUB_OWNER", "")
     monkeypatch.setenv("BCOP_CHECKPOINTS", str(tmp_path))
     hub.save_model(saved.model, tmp_path / NAME)
     result = hub.load_model(NAME)
@@ -168,7 +165,7 @@ def test_registry_name_without_hub_loads_the_embedded_checkpoint(
 def test_registry_name_without_hub_or_local_copy_lists_what_is_available(
     saved: Saved, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("BCOP_HUB_REPO", "")
+    monkeypatch.setenv("BCOP_HUB_OWNER", "")
     monkeypatch.setenv("BCOP_CHECKPOINTS", str(tmp_path))
     hub.save_model(saved.model, tmp_path / NAME)
     with pytest.raises(
@@ -240,14 +237,16 @@ def test_hub_download_is_cached_verified_and_gives_equal_outputs(
     assert torch.equal(_logits(again.model), saved.logits)
 
 
-def test_registry_name_with_hub_namespace_downloads_from_the_hub(
+def test_registry_name_downloads_from_the_owner_in_bcop_hub_owner_or_the_owner_keyword(
     saved: Saved, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _publish(fake_hub, saved.folder)
-    monkeypatch.setenv("BCOP_HUB_REPO", "owner")
+    monkeypatch.setenv("BCOP_HUB_OWNER", "owner")
     result = hub.load_model(NAME)
-    assert (result.source, result.repo_id) == ("hub", REPO)
+    assert (result.source, result.repo_id, result.commit) == ("hub", REPO, fake_hub.commit(REPO))
     assert torch.equal(_logits(result.model), saved.logits)
+    monkeypatch.setenv("BCOP_HUB_OWNER", "")
+    assert hub.load_model(NAME, owner="owner").repo_id == REPO
 
 
 def test_hub_revision_pins_the_commit(saved: Saved, fake_hub: FakeHub) -> None:
@@ -320,7 +319,7 @@ def test_missing_repo_falls_back_to_local_copy_with_one_warning(
     saved: Saved, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     hub.save_model(saved.model, tmp_path / "checkpoints" / NAME)
-    monkeypatch.setenv("BCOP_HUB_REPO", "owner")
+    monkeypatch.setenv("BCOP_HUB_OWNER", "owner")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         results = [hub.load_model(NAME) for _ in range(3)]
@@ -344,13 +343,13 @@ def test_a_file_on_the_hub_is_what_huggingface_hub_returns(saved: Saved, fake_hu
 # --- the Hub owner, the shipped models ------------------------------------------------------
 
 
-def test_hub_owner_is_the_constant_unless_bcop_hub_repo_says_otherwise(
+def test_hub_owner_is_the_constant_unless_bcop_hub_owner_says_otherwise(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     assert hub.hub_owner() == hub.HUB_OWNER == "bcop-lipschitz"
-    monkeypatch.setenv("BCOP_HUB_REPO", "someone")
+    monkeypatch.setenv("BCOP_HUB_OWNER", "someone")
     assert hub.hub_owner() == "someone"
-    monkeypatch.setenv("BCOP_HUB_REPO", "")
+    monkeypatch.setenv("BCOP_HUB_OWNER", "")
     assert hub.hub_owner() == ""
 
 
@@ -376,7 +375,7 @@ def test_every_shipped_checkpoint_carries_its_registry_name() -> None:
 def test_registry_name_loads_from_the_default_owner_when_nothing_is_local(
     saved: Saved, fake_hub: FakeHub
 ) -> None:
-    """What a pip-installed library (no checkpoints/) does with BCOP_HUB_REPO unset."""
+    """What a pip-installed library (no checkpoints/) does with BCOP_HUB_OWNER unset."""
     _publish(fake_hub, saved.folder, f"{hub.HUB_OWNER}/{NAME}")
     result = hub.load_model(NAME)
     assert (result.source, result.repo_id) == ("hub", f"bcop-lipschitz/{NAME}")
@@ -516,7 +515,7 @@ def test_weights_that_are_not_float32_raise_value_error_naming_the_file_and_the_
 def test_a_checkpoint_named_for_one_model_holding_another_is_refused_by_name(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("BCOP_HUB_REPO", "")
+    monkeypatch.setenv("BCOP_HUB_OWNER", "")
     monkeypatch.setenv("BCOP_CHECKPOINTS", str(tmp_path))
     hub.save_model(create_model("plain-small-mnist"), tmp_path / NAME)
     with pytest.raises(ValueError, match=r"config\.json describes plain-small-mnist .*not bcop-small-mnist"):
@@ -528,7 +527,7 @@ def test_a_checkpoint_named_for_one_model_holding_another_is_refused_by_name(
 def test_weights_whose_metadata_names_another_model_are_refused_by_name(
     saved: Saved, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv("BCOP_HUB_REPO", "")
+    monkeypatch.setenv("BCOP_HUB_OWNER", "")
     monkeypatch.setenv("BCOP_CHECKPOINTS", str(tmp_path))
     folder = _copy(saved, tmp_path / NAME)
     _rewrite_weights(folder, lambda state: None, model_name="bcop-large-mnist")
@@ -548,28 +547,7 @@ def test_a_hub_repo_named_for_one_model_holding_another_is_refused_by_name(
 
 # --- an unreachable Hub ----------------------------------------------------------------------
 
-T = TypeVar("T")
 GUARD_S = 15.0  # a guard against retries and hangs (minutes before), not a speed target
-
-
-def _within(seconds: float, call: Callable[[], T]) -> T:
-    """``call()``, failing instead of hanging when it is not done after ``seconds``."""
-    outcome: list[tuple[bool, object]] = []
-
-    def run() -> None:
-        try:
-            outcome.append((True, call()))
-        except BaseException as err:
-            outcome.append((False, err))
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(seconds)
-    assert outcome, f"still waiting after {seconds} s"
-    ok, value = outcome[0]
-    if not ok:
-        raise value  # type: ignore[misc]
-    return value  # type: ignore[return-value]
 
 
 @contextmanager
@@ -598,11 +576,9 @@ def _silent_server() -> Iterator[tuple[str, Callable[[], int]]]:
 def test_unreachable_hub_falls_back_to_the_local_copy_within_seconds_and_warns_once(
     server: str, saved: Saved, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    sleeps: list[float] = []
-    monkeypatch.setattr(time, "sleep", sleeps.append)  # huggingface_hub's retry backoff
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setenv("BCOP_CHECKPOINTS", str(tmp_path / "checkpoints"))
-    monkeypatch.setenv("BCOP_HUB_REPO", "owner")
+    monkeypatch.setenv("BCOP_HUB_OWNER", "owner")
     hub.save_model(saved.model, tmp_path / "checkpoints" / NAME)
     with ExitStack() as stack:
         if server == "refuses":
@@ -612,18 +588,17 @@ def test_unreachable_hub_falls_back_to_the_local_copy_within_seconds_and_warns_o
         point_client_at(monkeypatch, endpoint)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            results = _within(GUARD_S, lambda: [hub.load_model(NAME) for _ in range(3)])
+            results = within(GUARD_S, lambda: [hub.load_model(NAME) for _ in range(3)])
             with pytest.raises(
                 RuntimeError, match=r"(?s)owner/bcop-large-mnist.*cannot be reached.*no local"
             ):
-                _within(GUARD_S, lambda: hub.load_model("bcop-large-mnist"))
+                within(GUARD_S, lambda: hub.load_model("bcop-large-mnist"))
         if connections is not None:
             assert connections() == 1  # one probe, then never asked again
     assert [str(w.message).split(" (")[0] for w in caught] == [
         f"the Hugging Face Hub at {endpoint} cannot be reached"
     ]
     assert all(r.source == "local" and torch.equal(_logits(r.model), saved.logits) for r in results)
-    assert sleeps == []
     assert hub.hub_reachable() is False
 
 
@@ -638,15 +613,13 @@ def test_hub_offline_mode_skips_the_probe(monkeypatch: pytest.MonkeyPatch) -> No
 def test_a_hub_that_stops_answering_after_the_probe_is_unreachable_from_then_on(
     saved: Saved, fake_hub: FakeHub, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    monkeypatch.setattr(time, "sleep", lambda seconds: None)  # huggingface_hub's retry backoff
-    monkeypatch.setenv("BCOP_HUB_REPO", "owner")
+    monkeypatch.setenv("BCOP_HUB_OWNER", "owner")
     hub.save_model(saved.model, tmp_path / "checkpoints" / NAME)
     assert hub.hub_reachable()
     fake_hub.close()
-    huggingface_hub.close_session()  # no kept-alive connection to the closed server
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        result = _within(GUARD_S, lambda: hub.load_model(NAME))
+        result = within(GUARD_S, lambda: hub.load_model(NAME))
     assert [str(w.message).split(" (")[0] for w in caught] == [
         f"the Hugging Face Hub at {fake_hub.endpoint} cannot be reached"
     ]
@@ -655,8 +628,9 @@ def test_a_hub_that_stops_answering_after_the_probe_is_unreachable_from_then_on(
 
 
 def test_a_pinned_revision_is_never_replaced_by_the_embedded_copy(
-    saved: Saved, fake_hub: FakeHub, tmp_path: Path
+    saved: Saved, fake_hub: FakeHub, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    monkeypatch.setenv("BCOP_HUB_OWNER", "owner")  # the embedded copies are this owner's models
     _publish(fake_hub, saved.folder)
     hub.save_model(saved.model, tmp_path / "checkpoints" / NAME)
     with pytest.raises(RuntimeError, match=r"(?s)RevisionNotFound.*does not stand in for the revision 'v9'"):

@@ -379,7 +379,7 @@ def test_bcop_large_mnist_logit_gap_gradient_is_below_sqrt2_times_bound(bcop_lar
 def test_create_model_pretrained_returns_the_trained_network_of_the_embedded_checkpoint(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("BCOP_HUB_REPO", "")  # no Hub: the embedded checkpoints only
+    monkeypatch.setenv("BCOP_HUB_OWNER", "")  # no Hub: the embedded checkpoints only
     model = create_model("bcop-small-mnist", pretrained=True)
     weights = load_file(str(checkpoints_dir() / "bcop-small-mnist" / "model.safetensors"))
     assert not model.training and model.config == parse_model_name("bcop-small-mnist")
@@ -392,7 +392,7 @@ def test_create_model_pretrained_returns_the_trained_network_of_the_embedded_che
 def test_create_model_pretrained_fails_clearly_without_weights_or_with_overrides(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("BCOP_HUB_REPO", "")
+    monkeypatch.setenv("BCOP_HUB_OWNER", "")
     with pytest.raises(ValueError, match="no pretrained weights for 'rko-small-cifar10'"):
         create_model("rko-small-cifar10", pretrained=True)
     with pytest.raises(

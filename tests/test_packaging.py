@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import re
 import shutil
 import subprocess
@@ -17,11 +18,18 @@ from huggingface_hub import SpaceCard
 from packaging.requirements import Requirement
 
 from bcop import list_models
-from bcop.hub import HUB_OWNER
+from bcop.hub import GENERATOR_KIND, HUB_OWNER
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-DEV_TOOLS = {"pytest", "ruff", "gradio-client", "playwright", "onnx", "onnxruntime", "onnxscript"}
+DEV_TOOLS = {"pytest", "ruff", "gradio-client", "playwright", "build", "twine", "pypiserver", "onnx",
+    "onnxruntime", "onnxscript"}
+# The LFS patterns of the .gitattributes the Hub gives a new repo (which publishing replaces).
+HUB_DEFAULT_LFS = (
+    "*.7z *.arrow *.bin *.bz2 *.ckpt *.ftz *.gz *.h5 *.joblib *.lfs.* *.mlmodel *.model *.msgpack "
+    "*.npy *.npz *.onnx *.ot *.parquet *.pb *.pickle *.pkl *.pt *.pth *.rar *.safetensors "
+    "saved_model/**/* *.tar.* *.tar *.tflite *.tgz *.wasm *.xz *.zip *.zst *tfevents*"
+).split()
 
 
 def _norm(name: str) -> str:
@@ -88,7 +96,13 @@ def test_what_the_code_imports_is_declared_where_it_is_needed() -> None:
 def test_the_space_header_is_what_the_hub_needs() -> None:
     card = SpaceCard.load(ROOT / "README.md")
     data = card.data
-    repos = [f"{HUB_OWNER}/{name}" for name in list_models(pretrained=True)]
+    generators = sorted(
+        p.parent.name
+        for p in (ROOT / "checkpoints").glob("*/config.json")
+        if json.loads(p.read_text()).get("kind") == GENERATOR_KIND
+    )
+    assert generators == ["wgan-gp-mnist"]
+    repos = [f"{HUB_OWNER}/{name}" for name in [*list_models(pretrained=True), *generators]]
     assert data.python_version == "3.11"
     assert data.sdk == "gradio" and data.sdk_version == _pins(ROOT / "requirements.txt")["gradio"]
     assert (ROOT / data.app_file).is_file()
@@ -119,6 +133,15 @@ def test_every_tracked_binary_file_goes_through_lfs() -> None:
         ["git", "check-attr", "filter", "--", *binary], cwd=ROOT, capture_output=True, text=True, check=True
     ).stdout.splitlines()
     assert [line for line in attributes if not line.endswith(": filter: lfs")] == []
+
+
+def test_gitattributes_covers_every_pattern_of_the_hubs_default_file() -> None:
+    rules = {
+        line.split()[0]
+        for line in (ROOT / ".gitattributes").read_text().splitlines()
+        if line and not line.startswith("#") and "filter=lfs" in line.split()
+    }
+    assert [pattern for pattern in HUB_DEFAULT_LFS if pattern not in rules] == []
 
 
 def test_ci_installs_the_dev_set_then_lints_and_tests() -> None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
+import re
 import socket
 import subprocess
 import sys
+import sysconfig
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -29,15 +30,17 @@ from safetensors.torch import save_file
 
 from bcop import list_models
 from bcop.publish import Upload, main, publish
-from tests.fakehub import FakeHub, point_client_at
+from tests.fakehub import FakeHub, point_client_at, within
 
 ROOT = Path(__file__).resolve().parent.parent
 OWNER = "owner"
 SPACE = "owner/bcop"
 STARTUP_GUARD_S = 300.0  # a guard against a hung start on busy cores, not a speed target
+PREFLIGHT_GUARD_S = 15.0  # the publishing check's bound (400 s of silence before)
 
 
 GENERATOR = "toy-generator"
+TOKEN = "hf_fake_token"  # the fake Hub takes any token
 
 
 @dataclass
@@ -75,9 +78,17 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Published]:
     result = Published(FakeHub(), [], checkpoints)
     with pytest.MonkeyPatch.context() as monkeypatch:
         _prepare_client(monkeypatch, result)
-        result.uploads = publish(OWNER, "bcop")
+        result.uploads = publish(OWNER, "bcop", token=TOKEN)
         yield result
     result.server.close()
+
+
+def _generators(published: Published) -> list[str]:
+    return sorted(
+        p.parent.name
+        for p in published.checkpoints.glob("*/config.json")
+        if json.loads(p.read_text()).get("kind") == "generator"
+    )
 
 
 def _sha256(body: bytes) -> str:
@@ -128,7 +139,7 @@ def test_uploaded_model_cards_parse_with_huggingface_hub(published: Published, t
         assert metadata_load(path) == card.data.to_dict()
 
 
-def test_a_generator_is_published_as_its_own_kind_not_among_the_classifiers(
+def test_a_generator_is_published_as_its_own_kind_and_the_space_preloads_it(
     published: Published, tmp_path: Path
 ) -> None:
     repo = published.server.repos[f"{OWNER}/{GENERATOR}"]
@@ -137,7 +148,8 @@ def test_a_generator_is_published_as_its_own_kind_not_among_the_classifiers(
     path.write_bytes(repo["README.md"])
     assert ModelCard.load(path).data.pipeline_tag == "unconditional-image-generation"
     space_card = SpaceCard(published.server.spaces[SPACE]["README.md"].decode())
-    assert f"{OWNER}/{GENERATOR}" not in space_card.data.models
+    assert f"{OWNER}/{GENERATOR}" in space_card.data.models  # the Wasserstein tab downloads it
+    assert f"{OWNER}/{GENERATOR} config.json,model.safetensors,README.md" in space_card.data.preload_from_hub
     assert f"checkpoints/{GENERATOR}/config.json" in published.server.spaces[SPACE]
 
 
@@ -145,7 +157,7 @@ def test_the_space_header_links_and_preloads_the_model_repos(published: Publishe
     path = tmp_path / "README.md"
     path.write_bytes(published.server.spaces[SPACE]["README.md"])
     card = SpaceCard.load(path)
-    repos = [f"{OWNER}/{name}" for name in list_models(pretrained=True)]
+    repos = [f"{OWNER}/{name}" for name in [*list_models(pretrained=True), *_generators(published)]]
     assert card.data.models == repos
     assert [entry.split()[0] for entry in card.data.preload_from_hub] == repos
     assert (card.data.sdk, card.data.python_version, card.data.license) == ("gradio", "3.11", "mit")
@@ -164,7 +176,7 @@ def test_the_space_holds_the_app_the_runtime_requirements_and_the_fallback_model
     files = published.server.spaces[SPACE]
     for name in (
         "app.py",
-        "requirements.txt",
+        "pyproject.toml",
         "LICENSE",
         ".gitattributes",
         "bcop/hub.py",
@@ -178,7 +190,7 @@ def test_the_space_holds_the_app_the_runtime_requirements_and_the_fallback_model
 
 
 def test_the_space_variable_points_the_app_at_the_owner(published: Published) -> None:
-    assert published.server.variables[SPACE] == {"BCOP_HUB_REPO": OWNER}
+    assert published.server.variables[SPACE] == {"BCOP_HUB_OWNER": OWNER}
 
 
 def test_publishing_again_unchanged_uploads_and_commits_nothing(
@@ -186,7 +198,7 @@ def test_publishing_again_unchanged_uploads_and_commits_nothing(
 ) -> None:
     _prepare_client(monkeypatch, published)
     before, commits = len(published.server.requests), len(published.server.commits)
-    publish(OWNER, "bcop")
+    publish(OWNER, "bcop", token=TOKEN)
     assert not [r for r in published.server.requests[before:] if r.startswith("PUT")]
     assert len(published.server.commits) == commits  # nothing changed, so no empty commits
 
@@ -197,7 +209,7 @@ def test_publishing_removes_what_is_no_longer_shipped(
     _prepare_client(monkeypatch, published)
     published.server.spaces[SPACE]["demo/retired_tab.py"] = b"import nothing\n"
     published.server.repos[f"{OWNER}/bcop-small-mnist"]["pytorch_model.bin"] = b"\x00old weights"
-    publish(OWNER, "bcop")
+    publish(OWNER, "bcop", token=TOKEN)
     assert "demo/retired_tab.py" not in published.server.spaces[SPACE]
     assert "pytorch_model.bin" not in published.server.repos[f"{OWNER}/bcop-small-mnist"]
     assert "app.py" in published.server.spaces[SPACE]
@@ -210,17 +222,65 @@ def test_dry_run_lists_the_repos_and_sends_nothing(
     before = len(published.server.requests)
     main(["--owner", "someone", "--space", "demo", "--dry-run"])
     lines = capsys.readouterr().out.splitlines()
-    generators = sorted(
-        p.parent.name
-        for p in published.checkpoints.glob("*/config.json")
-        if json.loads(p.read_text()).get("kind") == "generator"
-    )
+    generators = _generators(published)
     assert GENERATOR in generators
     assert [line.split(":")[0] for line in lines] == [
         *(f"would upload model someone/{name}" for name in [*list_models(pretrained=True), *generators]),
         "would upload space someone/demo",
     ]
     assert len(published.server.requests) == before
+
+
+def test_the_space_installs_cpu_torch_and_leaves_gradio_to_its_sdk_version(published: Published) -> None:
+    requirements = published.server.spaces[SPACE]["requirements.txt"].decode().splitlines()
+    ours = {
+        line.split("==")[0]: line.split("==")[1]
+        for line in (ROOT / "requirements.txt").read_text().splitlines()
+        if "==" in line and not line.startswith("#")
+    }
+    assert "--extra-index-url https://download.pytorch.org/whl/cpu" in requirements
+    pins = dict(line.split("==") for line in requirements if "==" in line and not line.startswith("#"))
+    assert pins["torch"] == ours["torch"] + "+cpu" and pins["torchvision"] == ours["torchvision"] + "+cpu"
+    assert "gradio" not in pins and "gradio" in ours  # sdk_version installs it
+    header = SpaceCard(published.server.spaces[SPACE]["README.md"].decode()).data
+    assert header.sdk_version == ours["gradio"]
+    assert {k: v for k, v in pins.items() if k not in ("torch", "torchvision")} == {
+        k: v for k, v in ours.items() if k not in ("torch", "torchvision", "gradio")
+    }
+    assert "+cpu" not in (ROOT / "requirements.txt").read_text(), "our own machines keep PyPI's build"
+
+
+@pytest.mark.parametrize("hub", ["no token", "offline mode", "closed port", "hanging endpoint", "bad token"])
+def test_publishing_without_a_hub_or_a_token_says_what_to_do_in_one_line(
+    hub: str, published: Published, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    _prepare_client(monkeypatch, published)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    server = FakeHub()
+    point_client_at(monkeypatch, server.endpoint)
+    argv = ["--owner", OWNER, "--token", TOKEN]
+    expected = "cannot be reached"
+    if hub == "no token":
+        argv, expected = ["--owner", OWNER], "no Hub token: log in with `hf auth login`"
+    elif hub == "offline mode":
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+        expected = "offline mode is on (HF_HUB_OFFLINE is set)"
+    elif hub == "closed port":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            point_client_at(monkeypatch, f"http://127.0.0.1:{s.getsockname()[1]}")
+    elif hub == "hanging endpoint":
+        server.fault = "hang"
+    else:
+        server.user = None  # refuses every token
+        expected = "refused the token (HTTP 401)"
+    with pytest.raises(SystemExit) as exit_info:
+        within(PREFLIGHT_GUARD_S, lambda: main(argv))
+    message = str(exit_info.value.code)
+    assert message.startswith("nothing was published: ") and expected in message, message
+    assert "\n" not in message and "Traceback" not in message
+    assert not [r for r in server.requests if not r.endswith("/api/whoami-v2")], "nothing was uploaded"
+    server.close()
 
 
 # --- using what arrived -----------------------------------------------------------------------
@@ -289,35 +349,61 @@ def test_the_uploaded_space_starts_as_a_space_does_and_loads_every_model_from_th
     } <= downloads
 
 
-def test_a_pip_installed_library_finds_the_models_on_the_hub(published: Published, tmp_path: Path) -> None:
-    """Installed without checkpoints/ (and without its dependencies: the test's own are used)."""
-    source = tmp_path / "source"
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
-        (source / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(ROOT / name, source / name)
-    shutil.copytree(ROOT / "bcop", source / "bcop", ignore=shutil.ignore_patterns("__pycache__"))
-    site = tmp_path / "site"
-    install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation"]
-    subprocess.run([*install, "--target", str(site), str(source)], check=True, timeout=300)
-    assert not (site / "checkpoints").exists()
+def _git_repo(folder: Path) -> Path:
+    """``folder`` as a git repository of one commit holding all its files."""
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "-c", "init.defaultBranch=main"]
+    for command in (["init", "-q"], ["add", "-A"], ["commit", "-q", "-m", "the Space's files"]):
+        subprocess.run([*git, *command], cwd=folder, check=True, capture_output=True, timeout=120)
+    return folder
+
+
+def _fresh_venv(folder: Path) -> Path:
+    """A new virtual environment whose base packages are this one's (torch and the rest), not
+    the base interpreter's: ``--system-site-packages`` alone gives the latter. Returns its python."""
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(folder)],
+        check=True,
+        timeout=120,
+    )
+    site = next((folder / "lib").glob("python3*/site-packages"))
+    (site / "outer_environment.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    return folder / "bin" / "python"
+
+
+@pytest.mark.slow
+def test_the_cards_install_line_installs_the_library_from_exactly_the_spaces_files(
+    published: Published, tmp_path: Path
+) -> None:
+    """The card's ``pip install "bcop @ git+https://huggingface.co/spaces/OWNER/bcop"``, with the
+    Space's url replaced by a git copy of what was uploaded to it, in a fresh environment
+    (offline: no dependencies, no build isolation); then the library finds the models on the Hub."""
+    card = published.server.repos[f"{OWNER}/bcop-small-mnist"]["README.md"].decode()
+    line = re.search(r'pip install "(bcop @ git\+https://huggingface\.co/spaces/[^"]+)"', card)
+    assert line is not None, "the card has an install line"
+    space = _git_repo(published.server.write_space(SPACE, tmp_path / "space"))
+    requirement = line.group(1).replace(f"https://huggingface.co/spaces/{SPACE}", f"file://{space}")
+    python = _fresh_venv(tmp_path / "venv")
+    install = [str(python), "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--no-index"]
+    result = subprocess.run([*install, requirement], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
     env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "BCOP_CHECKPOINTS")}
     env.update(
         {
-            "PYTHONPATH": str(site),
             "HF_ENDPOINT": published.server.endpoint,
             "HF_HUB_CACHE": str(tmp_path / "hf-cache"),
-            "BCOP_HUB_REPO": OWNER,
+            "BCOP_HUB_OWNER": OWNER,
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",
         }
     )
     code = (
-        "import bcop; from bcop.hub import load_model; r = load_model('bcop-small-mnist'); "
-        "print(bcop.__file__, r.source, r.repo_id)"
+        "import bcop, bcop.hub; bcop.create_model('bcop-small-mnist', pretrained=True); "
+        "r = bcop.hub.load_model('bcop-small-mnist'); "
+        "print(bcop.__file__, r.source, r.repo_id, bcop.hub.checkpoints_dir().is_dir())"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        [str(python), "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
     )
-    assert result.returncode == 0, result.stderr
-    module, source_kind, repo_id = result.stdout.split()
-    assert Path(module).is_relative_to(site)
-    assert (source_kind, repo_id) == ("hub", f"{OWNER}/bcop-small-mnist")
+    assert result.returncode == 0, result.stderr[-3000:]
+    module, source_kind, repo_id, has_checkpoints = result.stdout.split()
+    assert Path(module).is_relative_to(tmp_path / "venv"), "imported from the installed copy"
+    assert (source_kind, repo_id, has_checkpoints) == ("hub", f"{OWNER}/bcop-small-mnist", "False")

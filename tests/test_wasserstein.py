@@ -208,7 +208,7 @@ def test_the_generator_loads_from_a_hub_repo_like_the_classifiers(tmp_path, monk
         point_client_at(monkeypatch, server.endpoint)
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
         monkeypatch.setattr(bcop.hub, "_reachable", {})
-        monkeypatch.setenv("BCOP_HUB_REPO", "someone")
+        monkeypatch.setenv("BCOP_HUB_OWNER", "someone")
         from_hub, local = load_generator(), load_generator(shipped)
         z = torch.randn(2, from_hub.config.latent_dim)
         assert torch.equal(from_hub(z), local(z))
