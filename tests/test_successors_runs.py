@@ -1,0 +1,89 @@
+"""The commands that train and export the successors' models (bcop.experiments.successors), on
+tiny runs: a Small network, 64 fake training images, one epoch."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bcop.experiments import successors
+from bcop.experiments.successors import LR_CHOICES, RECIPE, RunSettings, choose_lr
+from bcop.hub import load_folder
+from bcop.train import RESUME_MAY_CHANGE, TrainConfig
+from tests.test_train import data_root  # noqa: F401  (the fake MNIST fixture)
+
+ROOT = Path(__file__).resolve().parent.parent
+FAMILY = "aol"  # the cheapest successor to train
+
+
+def _settings(tmp: Path, data: Path) -> RunSettings:
+    return RunSettings(
+        arch="small", runs=str(tmp / "runs"), record=str(tmp / "lr.json"), checkpoints=str(tmp / "ckpt"),
+        select_epochs=1, final_epochs=1, limit_train=64, data_root=str(data),
+        eval_options=("--pgd-limit", "5", "--pgd-steps", "2", "--device", "cpu"),
+    )  # fmt: skip
+
+
+def test_recipe_is_bcop_large_mnists_recorded_recipe_but_the_rate() -> None:
+    recorded = json.loads((ROOT / "checkpoints/bcop-large-mnist/eval_results.json").read_text())
+    config = recorded["training"]["config"]
+    assert {k: config[k] for k in RECIPE} == RECIPE
+    defaults = dataclasses.asdict(TrainConfig(model="bcop-large-mnist"))
+    free = {"model", "lr", "epochs", "train_split", "limit_train", *RESUME_MAY_CHANGE}
+    others = {k: v for k, v in config.items() if k not in RECIPE and k not in free}
+    assert others == {k: defaults[k] for k in others}  # every other option at its default
+    assert config["epochs"] == successors.FINAL_EPOCHS and config["train_split"] == "train+val"
+
+
+def test_choose_lr_takes_the_best_certified_the_smaller_on_a_tie_and_waits_for_all() -> None:
+    runs = {
+        f"{lr:g}": {"epochs": 3, "val_certified": c}
+        for lr, c in zip(LR_CHOICES, (0.2, 0.5, 0.4), strict=True)
+    }
+    assert choose_lr(runs, 3) == LR_CHOICES[1]
+    tie = {**runs, f"{LR_CHOICES[2]:g}": {"epochs": 3, "val_certified": 0.5}}
+    assert choose_lr(tie, 3) == LR_CHOICES[1]
+    assert choose_lr({**runs, f"{LR_CHOICES[0]:g}": {"epochs": 2, "val_certified": 0.9}}, 3) is None
+    assert choose_lr({k: v for k, v in runs.items() if k != f"{LR_CHOICES[2]:g}"}, 3) is None
+
+
+def test_final_refuses_before_the_selection_is_finished(tmp_path: Path, data_root: Path) -> None:  # noqa: F811
+    with pytest.raises(ValueError, match="select --family aol"):
+        successors.final(FAMILY, _settings(tmp_path, data_root))
+
+
+def test_select_then_final_records_the_choice_resumes_and_exports_a_checkpoint(
+    tmp_path: Path,
+    data_root: Path,  # noqa: F811
+) -> None:
+    settings = _settings(tmp_path, data_root)
+    record = successors.select([FAMILY], settings)
+    entry = record["models"]["aol-small-mnist"]
+    assert sorted(entry["runs"]) == sorted(f"{lr:g}" for lr in LR_CHOICES)
+    assert all(run["epochs"] == 1 and 0 <= run["val_certified"] <= 1 for run in entry["runs"].values())
+    assert entry["chosen_lr"] == choose_lr(entry["runs"], 1)
+    assert json.loads(Path(settings.record).read_text()) == record  # written as the runs finish
+
+    stamp = Path(entry["runs"]["0.001"]["out"], "metrics.json").stat().st_mtime_ns
+    assert successors.select([FAMILY], settings) == record  # finished runs are not run again
+    assert Path(entry["runs"]["0.001"]["out"], "metrics.json").stat().st_mtime_ns == stamp
+
+    folder = successors.final(FAMILY, settings)
+    results = json.loads((folder / "eval_results.json").read_text())
+    assert results["training"]["config"]["lr"] == entry["chosen_lr"]
+    assert results["training"]["config"]["train_split"] == "train+val"
+    assert (folder / "README.md").is_file() and load_folder(folder)[0].config.name == "aol-small-mnist"
+
+
+def test_the_command_line_refuses_final_without_one_family(tmp_path: Path) -> None:
+    record = str(tmp_path / "r.json")
+    command = [sys.executable, "-m", "bcop.experiments.successors", "final", "--record", record]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "exactly one --family" in result.stderr
