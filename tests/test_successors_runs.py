@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bcop.experiments import successors
+from bcop.experiments import successors, successors_table
 from bcop.experiments.successors import LR_CHOICES, RECIPE, RunSettings, choose_lr
 from bcop.hub import load_folder
 from bcop.train import RESUME_MAY_CHANGE, TrainConfig
@@ -79,6 +79,22 @@ def test_select_then_final_records_the_choice_resumes_and_exports_a_checkpoint(
     assert results["training"]["config"]["lr"] == entry["chosen_lr"]
     assert results["training"]["config"]["train_split"] == "train+val"
     assert (folder / "README.md").is_file() and load_folder(folder)[0].config.name == "aol-small-mnist"
+    _check_table(Path(settings.checkpoints), results, tmp_path / "page.md")
+
+
+def _check_table(root: Path, results: dict, page: Path) -> None:
+    """The table shows the numbers of the exported results (one code path with the card), and
+    rewriting its section keeps the rest of the page."""
+    (row,) = successors_table.table_rows(root)
+    assert row["clean"] == results["clean"] and row["certified 1.58"] == results["certified"]["1.58"]
+    assert row["certified 0.141176"] == results["certified"]["0.141176"]  # 36/255 is on the curve
+    assert row["lipschitz"] == results["lipschitz"] and row["ms_1"] > 0 and row["ms_128"] > 0
+    assert row["parameters"] > 0 and row["s_per_step"] > 0
+    page.write_text("# Page\n\nintro\n\n## Results\n\nold\n\n## Speed\n\nkept\n")
+    table = successors_table.main(root, page)
+    text = page.read_text()
+    assert text.startswith("# Page\n\nintro\n\n## Results\n") and text.endswith("## Speed\n\nkept\n")
+    assert "old" not in text and table in text and f"| aol-small-mnist | {results['clean']:.2f} |" in table
 
 
 def test_the_command_line_refuses_final_without_one_family(tmp_path: Path) -> None:

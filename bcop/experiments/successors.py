@@ -13,6 +13,8 @@ Three commands, each resumable (running it again continues where it stopped):
   family's selection is unfinished), then the export to ``checkpoints/F-large-mnist/`` with
   config, weights, card and eval results, by ``python -m bcop.evaluate --export`` as for the
   other checkpoints (docs/reproduction.md).
+* ``table``: every model in ``checkpoints/`` side by side, written into ``docs/successors.md``
+  and printed for the README (:mod:`bcop.experiments.successors_table`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 import torch
 
 from bcop import evaluate
+from bcop.experiments import successors_table
 from bcop.models import SUCCESSORS, parse_model_name
 from bcop.train import TrainConfig, train
 
@@ -193,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m bcop.experiments.successors", description=__doc__.split("\n\n")[0]
     )
-    parser.add_argument("command", choices=("select", "final"))
+    parser.add_argument("command", choices=("select", "final", "table"))
     parser.add_argument(
         "--family", action="append", choices=SUCCESSORS,
         help="a family (repeatable; select: default all five; final: exactly one)",
@@ -206,6 +209,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--checkpoints", default=defaults.checkpoints, help="export folder (default: %(default)s)")
     add("--select-epochs", type=int, default=SELECT_EPOCHS, help="default: %(default)s")
     add("--final-epochs", type=int, default=FINAL_EPOCHS, help="default: %(default)s")
+    add("--page", default="docs/successors.md", help="table: the page to write into (default: %(default)s)")
     parser.add_argument("--limit-train", type=int, help="train on the first N images only (default: all)")
     parser.add_argument("--data-root", help="data folder (default: $BCOP_DATA or ~/.cache/bcop)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -230,7 +234,7 @@ def main(argv: list[str] | None = None) -> Any:
         if not args.family or len(args.family) != 1:
             parser.error("final trains one family: give exactly one --family")
         return final(args.family[0], settings)
-    return None
+    return successors_table.main(settings.checkpoints, args.page)
 
 
 if __name__ == "__main__":
