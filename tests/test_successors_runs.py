@@ -12,11 +12,13 @@ from pathlib import Path
 
 import pytest
 
+from bcop.evaluate import RECERTIFY_TOLERANCE, EvalConfig, complete_curve
 from bcop.experiments import successors, successors_table
 from bcop.experiments.successors import LR_CHOICES, RECIPE, RunSettings, choose_lr
 from bcop.hub import load_folder
+from bcop.results import write_results
 from bcop.train import RESUME_MAY_CHANGE, TrainConfig
-from tests.test_train import data_root  # noqa: F401  (the fake MNIST fixture)
+from tests.test_train import SIZES, data_root  # noqa: F401  (the fake MNIST fixture)
 
 ROOT = Path(__file__).resolve().parent.parent
 FAMILY = "aol"  # the cheapest successor to train
@@ -76,10 +78,27 @@ def test_select_then_final_records_the_choice_resumes_and_exports_a_checkpoint(
 
     folder = successors.final(FAMILY, settings)
     results = json.loads((folder / "eval_results.json").read_text())
+    assert results["n_test"] == SIZES["test"]  # evaluated on the run's data
     assert results["training"]["config"]["lr"] == entry["chosen_lr"]
     assert results["training"]["config"]["train_split"] == "train+val"
     assert (folder / "README.md").is_file() and load_folder(folder)[0].config.name == "aol-small-mnist"
     _check_table(Path(settings.checkpoints), results, tmp_path / "page.md")
+    _check_complete_curve(folder, results, data_root)
+
+
+def _check_complete_curve(folder: Path, results: dict, data: Path) -> None:
+    """Results evaluated before the curve had 36/255 and 72/255 get them back, equal to a full
+    evaluation's (to the tolerance), in the card too; results that disagree are refused."""
+    short = {k: v for k, v in results["certified"].items() if k not in ("0.141176", "0.282353")}
+    write_results(folder, {**results, "certified": short})
+    cfg = EvalConfig(data_root=str(data), device="cpu")
+    completed = complete_curve(folder, cfg)
+    assert completed["certified"] == pytest.approx(results["certified"], abs=RECERTIFY_TOLERANCE)
+    assert list(completed["certified"]) == list(results["certified"])  # in order of radius
+    assert "0.141176" in (folder / "README.md").read_text()
+    write_results(folder, {**results, "certified": {**short, "1.58": short["1.58"] + 5}})
+    with pytest.raises(ValueError, match="certifies differently"):
+        complete_curve(folder, cfg)
 
 
 def _check_table(root: Path, results: dict, page: Path) -> None:

@@ -188,7 +188,8 @@ def final(family: str, settings: RunSettings = RunSettings()) -> Path:
     train(settings.config(family, lr, "train+val", settings.final_epochs, out))
     destination = Path(settings.checkpoints) / name
     argv = [str(out / "best"), "--export", str(destination), "--train-run", str(out)]
-    evaluate.main([*argv, "--out", str(out / "results"), *settings.eval_options])
+    data = ["--data-root", settings.data_root] if settings.data_root else []
+    evaluate.main([*argv, "--out", str(out / "results"), *data, *settings.eval_options])
     return destination
 
 
