@@ -121,11 +121,12 @@ NOTES = (
     "Ours are MNIST test-set figures (accuracies in %, from each model's `eval_results.json`, "
     "the numbers its card and the demo show); the last column is the family's own CIFAR-10 "
     "figures, another task, left empty until checked against the paper. An empty certified cell: "
-    "the model was evaluated before the curve had that radius (re-run `python -m bcop.evaluate` "
-    "on it). s / step: wall clock over the recorded training, whatever hardware it ran on; the "
+    "the model was evaluated before the curve had that radius (`python -m bcop.evaluate "
+    "--complete-curve checkpoints/NAME` adds it). s / step: wall clock over the recorded training, whatever hardware it ran on; the "
     "training time is the summary table's (`python -m bcop.evaluate --summary`): CPU-hours, GPU "
     "epochs as wall-clock hours; "
-    "ms: measured by this command ({where}), eval mode, median of 5."
+    "ms: measured by this command ({where}; machines possibly shared with other jobs), eval "
+    "mode, median of 5."
 )
 
 
