@@ -76,6 +76,10 @@ def test_select_then_final_records_the_choice_resumes_and_exports_a_checkpoint(
     assert successors.select([FAMILY], settings) == record  # finished runs are not run again
     assert Path(entry["runs"]["0.001"]["out"], "metrics.json").stat().st_mtime_ns == stamp
 
+    longer = dataclasses.replace(settings, select_epochs=2)
+    with pytest.raises(ValueError, match="use another --record"):
+        successors.select([FAMILY], longer)  # a selection is not continued under other settings
+
     folder = successors.final(FAMILY, settings)
     results = json.loads((folder / "eval_results.json").read_text())
     assert results["n_test"] == SIZES["test"]  # evaluated on the run's data

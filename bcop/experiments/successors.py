@@ -139,9 +139,13 @@ def select(families: list[str], settings: RunSettings = RunSettings()) -> dict[s
     record = read_record(settings.record)
     for family in families:
         name = settings.model(family)
-        entry = record["models"].setdefault(
-            name, {"select_epochs": settings.select_epochs, "limit_train": settings.limit_train, "runs": {}}
-        )
+        settled = {"select_epochs": settings.select_epochs, "limit_train": settings.limit_train}
+        entry = record["models"].setdefault(name, {**settled, "runs": {}})
+        if {k: entry[k] for k in settled} != settled:
+            raise ValueError(
+                f"{settings.record} holds a selection of {name} with { ({k: entry[k] for k in settled}) }, "
+                f"not {settled}: use another --record, or the same settings to continue it"
+            )
         for lr in LR_CHOICES:
             if entry["runs"].get(f"{lr:g}", {}).get("epochs", 0) >= settings.select_epochs:
                 continue
