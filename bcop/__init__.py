@@ -9,6 +9,7 @@ from bcop import certify as _certify
 from bcop import models as _models
 from bcop.certify import certified_accuracy_percent, certified_radius, certify, lipschitz_bound
 from bcop.deprecation import deprecated_names
+from bcop.export import export
 from bcop.factory import create_model, list_models
 from bcop.models import ModelConfig, OrthoParams
 
@@ -21,6 +22,7 @@ __all__ = [
     "certified_radius",
     "certify",
     "create_model",
+    "export",
     "list_models",
     "lipschitz_bound",
 ]

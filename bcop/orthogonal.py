@@ -5,6 +5,8 @@ Everything here is a function of tensors: no modules, no state.
 * :func:`bjorck` -- Björck-Bowie orthonormalisation, the iteration the paper uses.
 * :func:`polar` -- the exact orthogonal polar factor (the limit of Björck's iteration) with a
   numerically stable backward pass; what the layers use by default because it is faster.
+* :func:`gram_inverse_sqrt` -- the small factor ``A`` of ``polar(W) = W A``, which a dense layer
+  applies to ``W x`` instead of forming the polar factor.
 * :func:`orthonormalize` -- one entry point that dispatches between the two.
 * :func:`conv_singular_values` -- exact singular values of a 2-D circular convolution
   (Sedghi, Gupta and Long, 2019).
@@ -26,6 +28,13 @@ import torch.nn.functional as F
 __all__ = [
     "bjorck",
     "polar",
+    "gram_inverse_sqrt",
+    "polar_linear",
+    "newton_schulz_step",
+    "GRAM_EPS",
+    "FLOAT32_EIGH_MAX_COND",
+    "FLOAT32_GRAM_MAX_COND",
+    "REFINED_EIGH_MAX_COND",
     "orthonormalize",
     "ORTHO_METHODS",
     "spectral_norm_upper_bound",
@@ -106,89 +115,157 @@ def bjorck(w: torch.Tensor, iters: int = 20, order: int = 1, scale: bool = True)
     return w.mT if transposed else w
 
 
-# Note [Polar factor derivatives]
-# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-# For a tall full-rank W with S = (W^T W)^{1/2} and Q = W S^{-1}, differentiating W = Q S with
-# Q^T Q = I gives, for a tangent dW and M = Q^T dW,
+# Note [Inverse square root derivatives]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# The polar factor of a tall full-rank W is Q = W A with A = G^{-1/2}, G = W^T W. A is a spectral
+# function of G: with G = V diag(l) V^T and f(l) = l^{-1/2}, the Daleckii-Krein formula gives its
+# derivative along a tangent dG as
 #
-#     dQ = (dW - Q M) S^{-1} + Q Omega,   where   S Omega + Omega S = M - M^T,
+#     dA = V [(V^T dG V) o F] V^T,   F_ij = (f(l_i) - f(l_j)) / (l_i - l_j) = -1 / (s_i s_j (s_i + s_j)),
 #
-# so Omega (skew-symmetric) is the rotation of Q within its own column space. The reverse-mode
-# formula is the adjoint of this map: for an upstream gradient G, with m = Q^T G and
-# S Y + Y S = m, dL/dW = Q (Y - Y^T) + (G - Q m) S^{-1}. In the eigenbasis of S both Sylvester
-# equations divide by s_i + s_j > 0, so unlike autograd through ``eigh`` (which divides by
-# s_i - s_j) they stay finite when singular values coincide -- exactly the case of a nearly
-# orthogonal matrix, where every trained layer lives.
+# with s = sqrt(l) (on the diagonal, F_ii = f'(l_i) = -1 / (2 s_i^3), the same expression). The
+# reverse-mode formula is the same map applied to the upstream gradient (F is symmetric), and
+# dG = dW^T W + W^T dW turns a gradient Gbar with respect to G into W (Gbar + Gbar^T). Every entry
+# of F divides by s_i + s_j > 0 only, so unlike autograd through ``eigh`` (which divides by
+# l_i - l_j) the derivatives stay finite when singular values coincide -- exactly the case of a
+# nearly orthogonal matrix, where every trained layer lives. The products W A and everything
+# around them are ordinary autograd operations, so a layer may apply A to ``W x`` instead of
+# forming Q (see :class:`bcop.layers.linear.BjorckLinear`) and still get the exact gradient.
 
 
-def _sylvester(rhs: torch.Tensor, s: torch.Tensor, evecs: torch.Tensor) -> torch.Tensor:
-    """Solve ``S X + X S = rhs`` for ``S = evecs diag(s) evecs^T`` (s > 0)."""
-    rhs_eig = evecs.mT @ rhs @ evecs
-    return evecs @ (rhs_eig / (s.unsqueeze(-1) + s.unsqueeze(-2))) @ evecs.mT
+def _daleckii_krein(tangent: torch.Tensor, s: torch.Tensor, evecs: torch.Tensor) -> torch.Tensor:
+    """``V [(V^T T V) o F] V^T`` with ``F_ij = -1 / (s_i s_j (s_i + s_j))`` (Note [Inverse square
+    root derivatives]): the derivative of ``G^{-1/2}`` along ``T`` and its adjoint."""
+    si, sj = s.unsqueeze(-1), s.unsqueeze(-2)
+    return evecs @ ((evecs.mT @ tangent @ evecs) / (-si * sj * (si + sj))) @ evecs.mT
 
 
-class _Polar(torch.autograd.Function):
-    """Orthogonal polar factor ``Q = W (W^T W)^{-1/2}`` of tall full-rank matrices.
+# Note [Orthonormal in float32 while training]
+# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
+# A training step builds every weight in float32, and what it trains with must be orthonormal
+# (max |sigma - 1| <= 1e-4) even for raw matrices of condition number 1e4. Three errors stand in
+# the way; the condition number, read off a first float32 ``eigh``, says which need a cure:
+#
+# * float32 ``eigh`` is accurate to about u ||G|| in each eigenvalue (u = 6e-8), so the small
+#   eigenvalues of G = W^T W carry a relative error of a few u cond(W)^2: 1.5e-4 in the factor
+#   at cond(W) = 30, where trained dense layers sit. Above FLOAT32_EIGH_MAX_COND the result is
+#   refined in float64 (:func:`_refined_inverse_sqrt`, a first-order correction: the accuracy of
+#   a float64 ``eigh`` at a third of its cost), up to REFINED_EIGH_MAX_COND, where the
+#   correction's second-order error reaches 1e-5; beyond, a float64 ``eigh``.
+# * the float32 Gram matrix itself has entries off by about u ||G||, an error of about
+#   0.1 u cond(W)^2 in the factor (7e-6 at cond 30): fine up to FLOAT32_GRAM_MAX_COND, beyond
+#   which the Gram matrix is formed in float64.
+# * a float32 product with A = G^{-1/2}, of condition number cond(W), rounds to about u cond(W)
+#   (7e-5 at 1e4). :func:`polar` therefore ends a training step's factor with one Newton-Schulz
+#   step Q <- Q + Q (I - Q^T Q) / 2, which squares the error of the (well-conditioned) Q down to
+#   float32 rounding; its derivative at an orthonormal Q is the projection onto the tangent
+#   space, which leaves the polar factor's derivative as it is. :func:`polar_linear` applies A
+#   to W x without forming Q only up to REFINED_EIGH_MAX_COND (rounding below 1e-5).
+#
+# Under torch.func transforms or compilation the condition number cannot steer Python, and the
+# float64 route is always taken. Eval mode (``precise=True``) forms the Gram matrix in float64
+# from the start and skips the Newton-Schulz step: the weights that inference, certification and
+# the shipped results use are computed exactly as they always were.
 
-    Forward returns ``Q`` and, as non-differentiable outputs, what both derivatives reuse: the
-    singular values ``s`` of ``W``, the eigenvectors of ``W^T W`` and ``S^{-1}``. Backward and
-    jvp are the closed forms of Note [Polar factor derivatives]. Forward, backward and jvp are
-    plain batched tensor code, so torch.func derives the vmap rule (``generate_vmap_rule``).
-    Both rules are first derivatives only: they treat ``s`` and the eigenvectors as constants,
-    so a second derivative with respect to ``W`` (a Hessian in the raw parameters) would miss
-    their dependence on ``W``.
+GRAM_EPS = 1e-12
+"""Floor on the Gram eigenvalues relative to the largest one: condition numbers up to 1e6."""
+FLOAT32_EIGH_MAX_COND = 5.0
+"""Largest condition number of a raw matrix for which a training step trusts a float32 ``eigh``."""
+FLOAT32_GRAM_MAX_COND = 50.0
+"""Largest condition number of a raw matrix for which a training step trusts its float32 Gram
+matrix (Note [Orthonormal in float32 while training])."""
+REFINED_EIGH_MAX_COND = 150.0
+"""Largest condition number for which a training step refines a float32 ``eigh`` instead of
+computing one in float64, and :func:`polar_linear` applies the small factor to ``W x``."""
+
+
+def _can_branch(t: torch.Tensor) -> bool:
+    """Whether a Python branch may depend on ``t``'s values (no transform or compiler traces it)."""
+    return not torch._C._functorch.is_functorch_wrapped_tensor(t) and not torch.compiler.is_compiling()
+
+
+def _exact_inverse_sqrt(evals: torch.Tensor, evecs: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+    """``(G^{-1/2}, sqrt of the eigenvalues, eigenvectors)`` from ``G``'s eigendecomposition."""
+    s = torch.maximum(evals, eps * evals[..., -1:]).sqrt()
+    return (evecs / s.unsqueeze(-2)) @ evecs.mT, s, evecs
+
+
+def _refined_inverse_sqrt(gram: torch.Tensor, evecs: torch.Tensor, eps: float) -> tuple[torch.Tensor, ...]:
+    """As :func:`_exact_inverse_sqrt`, from approximate eigenvectors ``V`` of ``G`` (a float32
+    ``eigh``).
+
+    ``B = V^T G V`` (float64) is diagonal up to the eigensolver's error ``E``; then
+    ``B^{-1/2} = D^{-1/2} + E o F + O(||E||^2)`` (F of Note [Inverse square root derivatives]
+    at ``s = sqrt(diag B)``), at a third of the cost of a float64 ``eigh``.
+    """
+    v = evecs.to(torch.float64)
+    b = v.mT @ gram.to(torch.float64) @ v
+    d = b.diagonal(dim1=-2, dim2=-1)
+    s = torch.maximum(d, eps * d.amax(dim=-1, keepdim=True)).sqrt()
+    si, sj = s.unsqueeze(-1), s.unsqueeze(-2)
+    core = b / (-si * sj * (si + sj))
+    core = core + torch.diag_embed(1 / s - core.diagonal(dim1=-2, dim2=-1))
+    # V is orthonormal to float32 rounding and core nearly diagonal: float32 products suffice
+    core, v = core.to(evecs.dtype), evecs
+    return v @ core @ v.mT, s, v
+
+
+def _inverse_sqrt_factors(w: torch.Tensor, eps: float, precise: bool) -> tuple[torch.Tensor, ...]:
+    """``(W^T W)^{-1/2}``, the singular values of ``W`` and the eigenvectors of ``W^T W`` for
+    tall (..., m, n) ``w``: by the eval recipe (``precise``: float64 throughout) or a training
+    step's, chosen by the condition number (Note [Orthonormal in float32 while training])."""
+    if not precise and w.dtype != torch.float64 and _can_branch(w):
+        gram = w.mT @ w
+        evals, evecs = torch.linalg.eigh(gram)
+        cond = float((evals[..., -1] / evals[..., 0].clamp_min(torch.finfo(evals.dtype).tiny)).max()) ** 0.5
+        if cond <= FLOAT32_EIGH_MAX_COND:
+            return _exact_inverse_sqrt(evals, evecs, eps)
+        if cond <= REFINED_EIGH_MAX_COND:
+            if cond > FLOAT32_GRAM_MAX_COND:
+                gram = w.to(torch.float64).mT @ w.to(torch.float64)
+            return _refined_inverse_sqrt(gram, evecs, eps)
+    w64 = w.to(torch.float64)
+    return _exact_inverse_sqrt(*torch.linalg.eigh(w64.mT @ w64), eps)
+
+
+class _GramInverseSqrt(torch.autograd.Function):
+    """``A = (W^T W)^{-1/2}`` of tall full-rank matrices, the factor with ``polar(W) = W A``.
+
+    Forward returns ``A`` and, as non-differentiable outputs, what both derivatives reuse: the
+    singular values ``s`` of ``W`` and the eigenvectors of ``W^T W``. Backward and jvp are the
+    closed forms of Note [Inverse square root derivatives]. Forward, backward and jvp are plain
+    batched tensor code, so torch.func derives the vmap rule (``generate_vmap_rule``). Both rules
+    are first derivatives only: they treat ``s`` and the eigenvectors as constants, so a second
+    derivative with respect to ``W`` would miss their dependence on ``W``.
     """
 
     generate_vmap_rule = True
 
     @staticmethod
-    def forward(
-        w: torch.Tensor, eps: float, precise: bool
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        w_gram = w.to(torch.float64) if precise else w
-        evals, evecs = torch.linalg.eigh(w_gram.mT @ w_gram)
-        s = evals.clamp_min(eps).sqrt()
-        inv_sqrt = ((evecs / s.unsqueeze(-2)) @ evecs.mT).to(w.dtype)
-        s, evecs = s.to(w.dtype), evecs.to(w.dtype)
-        return w @ inv_sqrt, s, evecs, inv_sqrt
+    def forward(w: torch.Tensor, eps: float, precise: bool) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        inv_sqrt, s, evecs = _inverse_sqrt_factors(w, eps, precise)
+        return inv_sqrt.to(w.dtype), s.to(w.dtype), evecs.to(w.dtype)
 
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:  # type: ignore[override]
-        q, s, evecs, inv_sqrt = output
-        ctx.mark_non_differentiable(s, evecs, inv_sqrt)
-        ctx.save_for_backward(q, s, evecs, inv_sqrt)
-        ctx.save_for_forward(q, s, evecs, inv_sqrt)
+        w = inputs[0]
+        _, s, evecs = output
+        ctx.mark_non_differentiable(s, evecs)
+        ctx.save_for_backward(w, s, evecs)
+        ctx.save_for_forward(w, s, evecs)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, *_: torch.Tensor) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
-        q, s, evecs, inv_sqrt = ctx.saved_tensors
-        m = q.mT @ grad
-        y = _sylvester(m, s, evecs)
-        return q @ (y - y.mT) + (grad - q @ m) @ inv_sqrt, None, None
+        w, s, evecs = ctx.saved_tensors
+        gram_grad = _daleckii_krein(grad, s, evecs)
+        return w @ (gram_grad + gram_grad.mT), None, None
 
     @staticmethod
-    def jvp(ctx, w_dot: torch.Tensor, *_: None) -> tuple[torch.Tensor, None, None, None]:  # type: ignore[override]
-        q, s, evecs, inv_sqrt = ctx.saved_tensors
-        m = q.mT @ w_dot
-        omega = _sylvester(m - m.mT, s, evecs)
-        return (w_dot - q @ m) @ inv_sqrt + q @ omega, None, None, None
+    def jvp(ctx, w_dot: torch.Tensor, *_: None) -> tuple[torch.Tensor, None, None]:  # type: ignore[override]
+        w, s, evecs = ctx.saved_tensors
+        gram_dot = w_dot.mT @ w
+        return _daleckii_krein(gram_dot + gram_dot.mT, s, evecs), None, None
 
-
-# Note [Float64 Gram matrix in eval mode]
-# ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
-# :func:`polar` goes through the Gram matrix W^T W, whose condition number is the square of W's.
-# Its eigenvalues are computed to an absolute error of about the unit roundoff u times the
-# largest one, so the smallest carries a relative error of about u cond(W)^2. In float32
-# (u = 6e-8) and at the condition numbers trained dense layers reach (tens), that leaves the
-# factor's singular values visibly off 1 (order 1e-3); in float64 the error is below float32's
-# own rounding of the result. Both are sound --
-# a layer's Lipschitz bound is always measured on the weight it uses -- but a bound of 1 + 1e-3
-# per layer compounds over a network and shrinks every certified radius. The float64 Gram is
-# also markedly slower, and a training step does not need it: the weight is rebuilt at every
-# step and the gradient is unaffected at that scale. So the orthonormalising parametrizations
-# pass ``precise = not self.training``: float32 while training, float64 for the weights that
-# inference, certification and the exported bounds use. (Measured figures:
-# docs/reproduction.md.)
 
 # Note [Power iteration approaches sigma from below]
 # ~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~~
@@ -201,30 +278,99 @@ class _Polar(torch.autograd.Function):
 # bound.
 
 
-def polar(w: torch.Tensor, eps: float | None = None, precise: bool = True) -> torch.Tensor:
-    """Exact orthogonal polar factor of a batch of matrices (the closest orthonormal matrix).
+def gram_inverse_sqrt(w: torch.Tensor, eps: float = GRAM_EPS, precise: bool = True) -> torch.Tensor:
+    """Inverse square root of the smaller Gram matrix: ``(W^T W)^{-1/2}`` for a tall ``W``,
+    ``(W W^T)^{-1/2}`` for a wide one, so that ``polar(W)`` is ``W A`` or ``A W``.
 
-    This is the fixed point of :func:`bjorck`, computed in closed form through the
-    eigendecomposition of the smaller Gram matrix, with a stable analytic backward pass.
-
-    ``precise`` chooses the precision of the Gram matrix; see Note [Float64 Gram matrix in eval
-    mode] for why the layers ask for float64 in eval mode only.
+    A layer can apply ``A`` to ``W x`` instead of forming the polar factor; the derivative is
+    exact either way (Note [Inverse square root derivatives]).
 
     Args:
         w: (..., m, n) full-rank matrices.
-        eps: floor on the Gram eigenvalues, guarding against rank deficiency (default 1e-10
-            in float32, 1e-12 in float64).
-        precise: form the Gram matrix and its eigendecomposition in float64 (the result keeps
-            ``w``'s dtype); ``False``: in ``w``'s own precision.
+        eps: floor on the Gram eigenvalues, relative to the largest one.
+        precise: Gram matrix in float64 (eval mode); ``False``: as a training step computes it
+            (Note [Orthonormal in float32 while training]).
 
     Returns:
-        (..., m, n) with orthonormal columns (m >= n) or rows (m < n).
+        (..., k, k) symmetric positive definite, k = min(m, n), in ``w``'s dtype.
+    """
+    w, _ = _tall(w)
+    return _GramInverseSqrt.apply(w, eps, precise)[0]
+
+
+def newton_schulz_step(q: torch.Tensor) -> torch.Tensor:
+    """One Newton-Schulz step ``Q + Q (I - Q^T Q) / 2`` towards orthonormal columns (tall ``q``)
+    or rows (wide ``q``): squares the distance of a nearly orthonormal ``q`` from its polar factor.
+
+    Args:
+        q: (..., m, n) with singular values in (0, sqrt(3)).
+
+    Returns:
+        (..., m, n).
+    """
+    q, transposed = _tall(q)
+    eye = torch.eye(q.shape[-1], dtype=q.dtype, device=q.device)
+    q = q + 0.5 * q @ (eye - q.mT @ q)
+    return q.mT if transposed else q
+
+
+def polar(w: torch.Tensor, eps: float = GRAM_EPS, precise: bool = True) -> torch.Tensor:
+    """Exact orthogonal polar factor of a batch of matrices (the closest orthonormal matrix).
+
+    This is the fixed point of :func:`bjorck`, computed in closed form as ``W (W^T W)^{-1/2}``
+    through the eigendecomposition of the smaller Gram matrix (:func:`gram_inverse_sqrt`), with a
+    stable analytic derivative.
+
+    ``precise=True`` (eval mode) forms the Gram matrix in float64; ``False`` is a training step's
+    recipe, orthonormal to float32 rounding up to condition number 1e4 at a fraction of the cost
+    (Note [Orthonormal in float32 while training]).
+
+    Args:
+        w: (..., m, n) full-rank matrices.
+        eps: floor on the Gram eigenvalues relative to the largest one, guarding against rank
+            deficiency (the eigenvalues are computed in float64).
+        precise: the eval-mode recipe (float64 Gram matrix) or the training one.
+
+    Returns:
+        (..., m, n) with orthonormal columns (m >= n) or rows (m < n), in ``w``'s dtype.
     """
     w, transposed = _tall(w)
-    if eps is None:
-        eps = 1e-12 if w.dtype == torch.float64 else 1e-10
-    q = _Polar.apply(w, eps, precise)[0]
+    q = w @ gram_inverse_sqrt(w, eps, precise)
+    if not precise:
+        q = newton_schulz_step(q)
     return q.mT if transposed else q
+
+
+def polar_linear(
+    x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None = None, precise: bool = True
+) -> torch.Tensor:
+    """``F.linear(x, polar(w), bias)`` without forming ``polar(w)`` while ``w`` is well-conditioned.
+
+    ``polar(W)`` is ``A W`` (wide ``W``) or ``W A`` (tall), with ``A`` the small factor of
+    :func:`gram_inverse_sqrt`, so the layer's output is ``A`` applied to ``W x`` (or ``W`` to
+    ``A x``): one Gram matrix and a few products of the small side instead of forming and
+    differentiating the full factor, with the same exact derivative (Note [Inverse square root
+    derivatives]). Applying ``A`` rounds like a product with a matrix of condition number
+    cond(W), so beyond :data:`REFINED_EIGH_MAX_COND` the factor is formed (and, in a training step,
+    refined) as :func:`polar` does it.
+
+    Args:
+        x: (N, in_features).
+        w: (out_features, in_features) raw weight, full rank.
+        bias: (out_features,) or None.
+        precise: the eval-mode recipe (float64 Gram matrix) or the training one.
+
+    Returns:
+        (N, out_features).
+    """
+    tall = w.shape[-2] > w.shape[-1]
+    a, s, _ = _GramInverseSqrt.apply(w if tall else w.mT, GRAM_EPS, precise)
+    if _can_branch(s) and float((s[..., -1] / s[..., 0]).max()) > REFINED_EIGH_MAX_COND:
+        q = w @ a if tall else a @ w
+        return F.linear(x, q if precise else newton_schulz_step(q), bias)
+    if tall:
+        return F.linear(F.linear(x, a), w, bias)
+    return F.linear(F.linear(x, w), a, bias)
 
 
 def orthonormalize(
@@ -436,22 +582,34 @@ def bcop_kernel(
     c = ortho.shape[-1]
     if kernel_size == 1:
         return ortho[:out_channels, :in_channels, None, None]
-    eye = torch.eye(c, dtype=ortho.dtype, device=ortho.device)
     if projectors is None:
-        proj = ortho.new_zeros(2 * (kernel_size - 1), c, c)
-    else:
-        proj = projectors @ projectors.mT
-    width, height = proj[: kernel_size - 1], proj[kernel_size - 1 :]
-    # block[t][:, :, a, b] = Q_t^(a) P_t^(b) with Q^(0) = Q, Q^(1) = I - Q (likewise P): the 1x2
-    # kernel, then the 2x1 kernel. All four products follow from the single product QP.
-    qp = height @ width
-    taps = (qp, height - qp, width - qp, eye - height - width + qp)
-    blocks = torch.stack(taps, dim=-1).unflatten(-1, (2, 2))  # (k-1, c, c, 2, 2)
-    # H is a 1x1 kernel: composing the first block with it is a product per tap.
-    kernel = torch.einsum("mpab,pq->mqab", blocks[0], ortho)
-    for block in blocks[1:]:
-        kernel = compose_kernels(kernel, block)
+        projectors = ortho.new_zeros(2 * (kernel_size - 1), c, 0)  # rank 0: P = U U^T = 0
+    width, height = projectors[: kernel_size - 1], projectors[kernel_size - 1 :]
+    kernel = _first_block(ortho, width[0], height[0])
+    if kernel_size > 2:
+        eye = torch.eye(c, dtype=ortho.dtype, device=ortho.device)
+        p, q = width[1:] @ width[1:].mT, height[1:] @ height[1:].mT
+        # block[t][:, :, a, b] = Q_t^(a) P_t^(b) with Q^(0) = Q, Q^(1) = I - Q (likewise P): the
+        # 1x2 kernel, then the 2x1 kernel. All four products follow from the single product QP.
+        qp = q @ p
+        blocks = torch.stack((qp, q - qp, p - qp, eye - q - p + qp), dim=-1).unflatten(-1, (2, 2))
+        for block in blocks:
+            kernel = compose_kernels(kernel, block)
     return kernel[:out_channels, :in_channels]
+
+
+def _first_block(ortho: torch.Tensor, u_width: torch.Tensor, u_height: torch.Tensor) -> torch.Tensor:
+    """The first 2x2 block composed with ``H``: ``[Q^(a) P^(b) H]_{ab}`` as a (c, c, 2, 2) kernel.
+
+    ``H`` is a 1x1 kernel, so the composition is a product per tap; with ``P = U U^T`` the four
+    taps follow from ``PH``, ``QH`` and ``QPH``, three products through the (c, r) factors,
+    without forming ``P`` or ``Q``.
+    """
+    ph = u_width @ (u_width.mT @ ortho)
+    qh = u_height @ (u_height.mT @ ortho)
+    qph = u_height @ (u_height.mT @ ph)
+    taps = (qph, qh - qph, ph - qph, ortho - qh - ph + qph)
+    return torch.stack(taps, dim=-1).unflatten(-1, (2, 2))
 
 
 def svcm_project(kernel: torch.Tensor, input_size: int | Sequence[int], max_sv: float = 1.0) -> torch.Tensor:

@@ -1,40 +1,44 @@
-"""Speed of BCOP layers and networks: ours against a straightforward reference, and where time goes.
+"""Speed of BCOP layers and networks: ours against a straightforward reference and against the
+plain network, where time goes, and how orthonormal a float32 training step is.
 
-Four measurements, all on CPU in float32, timed as the median of repeated calls after warm-up:
+Seven sections, all on CPU in float32 (``--sections`` runs a subset), times as medians after warm-up:
 
-1. One BCOP layer, forward + backward (batch 32, 8 x 8 input, in = out channels): our
+1. ``layers``: one BCOP layer, forward + backward (batch 32, 8 x 8 input, in = out channels): our
    ``BCOPConv2d`` (polar; Björck with 20 iterations) against a reference written here the way the
    paper's code does it (Björck on the larger Gram side with Frobenius scaling, projectors formed,
    the k x k kernel composed entry by entry in Python loops, then a circularly padded conv2d),
    with the orthogonality error of every kernel: max |sigma - 1| over all singular values of the
    circular convolution on 8 x 8 inputs.
-2. One Large-MNIST training step (batch 128, Adam, multi-margin hinge loss with margin 2.12): our
-   ``bcop-large-mnist`` (polar; Björck) against the same network with every BCOP and dense layer
-   swapped for the reference modules of (1) (dense Björck on the larger Gram side, e.g. 3136 x 3136
-   for the 512 x 3136 weight), and against the LConvNet variant of the dense layer (its
-   ``bjorck_orthonormalize`` transposes to the smaller Gram side and scales by power iteration).
-3. Where one training step of ``bcop-large-mnist`` spends its time: weight construction of each
-   layer (forward and backward), the network's convolutions / products / activations with fixed
-   weights (measured on the plain network of the same shapes), the Adam update, and the top
-   operators of a ``torch.profiler`` trace.
-4. Inference with cached kernels: ``bcop-large-mnist`` in eval mode under ``torch.no_grad()``
-   (kernels built once, then reused) against ``plain-large-mnist-maxmin`` at batch 128 and 1.
-5. The later families (Cayley, SOC, AOL, SLL, AOC): forward + backward of each layer at 64
-   channels k = 3 and 32 channels k = 5 (batch 8, 32 x 32), beside orthogonium 0.0.4's layer
-   where it has the family and is importable, and one Large-MNIST training step of each against
-   ``plain-large-mnist-maxmin`` and ``bcop-large-mnist``, with the epoch that step implies.
+2. ``training``: one Large-MNIST training step (batch 128, Adam, multi-margin hinge loss with
+   margin 2.12): our ``bcop-large-mnist`` (polar; Björck) against the same network with every BCOP
+   and dense layer swapped for the reference modules of (1), and against the LConvNet variant of
+   the dense layer (transposed to the smaller Gram side, scaled by power iteration).
+3. ``steps``: the training step of every constrained Large network (bcop, rko, ossn, svcm) against
+   ``plain-large-mnist-maxmin``, interleaved (see ``benchmarks/step_cost.py``).
+4. ``overhead``: where bcop-large-mnist's extra time goes: each constrained layer's forward and
+   backward against its exported ``nn.Conv2d`` / ``nn.Linear`` twin, and the top operators of a
+   ``torch.profiler`` trace of one step.
+5. ``orthogonality``: max |sigma - 1| of what a float32 training step uses, for raw matrices of
+   condition number 1e2, 1e3, 1e4 at the initialisation's scale: BCOPConv2d(256, 256, 3) and the
+   512 x 3136 dense layer (and the previous float32 recipe, for comparison).
+6. ``deployment``: inference at batch 1, 8 and 128 of ``bcop-large-mnist`` in eval mode (kernels
+   cached) and of ``bcop.export(...)`` of it, against ``plain-large-mnist-maxmin``, interleaved.
+7. ``successors``: the later families (Cayley, SOC, AOL, SLL, AOC): one layer of each, forward +
+   backward, beside orthogonium 0.0.4's where it has the family, and one Large-MNIST training
+   step of each against ``plain-large-mnist-maxmin`` (see ``benchmarks/successors.py``).
 
-The unconstrained matrices are orthogonally initialised and then perturbed (Gaussian noise of
-spectral norm about 0.1 to 0.2), as after some training, so that the orthonormalisation has work
-to do and the orthogonality errors mean something.
+Sections 1 and 2 perturb orthogonally initialised raw matrices by Gaussian noise of spectral norm
+0.1 times their own (the initialisation's scale is 1/sqrt(fan-in)), as after some training, so
+that the orthonormalisation has work to do; sections 3 and 4 start from the shipped checkpoints.
 
 Usage::
 
-    python benchmarks/layers.py [--quick] [--out results/layers] [--threads N] [--successors-only]
+    python benchmarks/layers.py [--quick] [--out results/layers] [--threads 2] [--sections steps,deployment]
 
 writes ``results/layers.json`` and ``results/layers.md`` and prints the tables. ``--quick``
-uses few repetitions (development on busy cores, about 2 minutes); the full run takes a few
-minutes on 2 idle cores. Exits with status 1 if an orthogonality error exceeds 1e-4.
+uses few repetitions (development on busy cores); the full run takes several minutes on 2 idle
+cores. Exits with status 1 if an orthogonality error of OUR layers exceeds 1e-4 (the reference
+and Björck rows are reported, not judged).
 """
 
 from __future__ import annotations
@@ -55,38 +59,45 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bcop import create_model  # noqa: E402
-from bcop.layers import (  # noqa: E402
-    AOCConv2d,
-    AOLConv2d,
-    BCOPConv2d,
-    BjorckLinear,
-    CayleyConv2d,
-    OrthoParams,
-    SLLConv2d,
-    SOCConv2d,
-)
-from bcop.models import SUCCESSORS  # noqa: E402
+from bcop.layers import BCOPConv2d, BjorckLinear, OrthoParams  # noqa: E402
+from bcop.models import create_model  # noqa: E402
 from bcop.orthogonal import conv_singular_values  # noqa: E402
 from benchmarks.common import write_results  # noqa: E402
+from benchmarks.step_cost import (  # noqa: E402
+    PLAIN,
+    bench_deployment,
+    bench_overhead_profile,
+    bench_step_ratios,
+    bench_train_orthogonality,
+    layer_step_fn,
+    markdown_deployment,
+    markdown_orthogonality,
+    markdown_overhead,
+    markdown_steps,
+    train_step_fn,
+    worst_train_orthogonality,
+)
+from benchmarks.successors import bench_successors, markdown_successors  # noqa: E402
 
 ORTHO_TOL = 1e-4
-HINGE_MARGIN = 2.12
 BJORCK_ITERS = 20
 LAYER_CONFIGS = [(16, 3), (32, 3), (64, 3), (128, 3), (256, 3), (32, 5), (64, 5)]
 LAYER_BATCH, LAYER_SIZE = 32, 8
 TRAIN_BATCH = 128
 PERTURBATION = 0.1
+SECTIONS = ("layers", "training", "steps", "overhead", "orthogonality", "deployment", "successors")
 TARGETS = {
     "layer_speedup_64_k3": 2.0,
     "layer_speedup_32_k5": 2.0,
     "train_speedup": 3.0,
-    "inference_ratio": 1.2,
+    "step_ratio_max": 1.5,
+    "cached_ratio_batch_1": 1.1,
+    "exported_ratio_max": 1.05,
 }
+LOWER_IS_BETTER = ("step_ratio_max", "cached_ratio_batch_1", "exported_ratio_max")
 
 
 @dataclass(frozen=True)
@@ -94,21 +105,34 @@ class Reps:
     """(warm-up calls, timed repetitions) for each kind of measurement.
 
     ``train_slow`` is for the networks built on Björck (ours with Björck, the references), whose
-    training steps take seconds.
+    training steps take seconds; ``steps`` and ``parts`` are interleaved (every network or layer
+    takes its turn in each repetition); ``deploy`` maps a batch size to its repetitions.
     """
 
     layer: tuple[int, int]
     train: tuple[int, int]
     train_slow: tuple[int, int]
+    steps: tuple[int, int]
     parts: tuple[int, int]
-    infer_128: tuple[int, int]
-    infer_1: tuple[int, int]
+    deploy: dict[int, tuple[int, int]]
 
 
 FULL = Reps(
-    layer=(3, 15), train=(3, 10), train_slow=(1, 3), parts=(3, 10), infer_128=(3, 30), infer_1=(20, 300)
+    layer=(3, 15),
+    train=(3, 10),
+    train_slow=(1, 3),
+    steps=(2, 9),
+    parts=(3, 15),
+    deploy={1: (20, 300), 8: (10, 100), 128: (3, 30)},
 )
-QUICK = Reps(layer=(1, 3), train=(1, 3), train_slow=(0, 1), parts=(1, 3), infer_128=(1, 5), infer_1=(5, 30))
+QUICK = Reps(
+    layer=(1, 3),
+    train=(1, 3),
+    train_slow=(0, 1),
+    steps=(1, 5),
+    parts=(1, 5),
+    deploy={1: (5, 60), 8: (3, 30), 128: (1, 7)},
+)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -280,12 +304,15 @@ def timed(fn: Callable[[], object], warmup: int, reps: int) -> dict[str, float]:
 
 @torch.no_grad()
 def perturb_(model: nn.Module, scale: float = PERTURBATION, seed: int = 0) -> None:
-    """Add Gaussian noise of spectral norm about ``scale`` to every unconstrained matrix."""
+    """Add Gaussian noise to every unconstrained matrix, of spectral norm about ``scale`` times
+    the matrix's own: relative to the initialisation's scale (1/sqrt(fan-in)), not to 1."""
     gen = torch.Generator().manual_seed(seed)
     for name, param in model.named_parameters():
         if ".original" in name:
-            noise = torch.randn(param.shape, generator=gen)
-            param.add_(noise * scale / max(param.shape[-2:]) ** 0.5)
+            matrices = param.reshape(param.shape[0], -1) if param.dim() == 4 else param  # RKO: (out, in k k)
+            own = torch.linalg.matrix_norm(matrices, ord=2)[..., None, None]
+            noise = torch.randn(matrices.shape, generator=gen) / max(matrices.shape[-2:]) ** 0.5
+            matrices.add_(noise * scale * own)
 
 
 def conv_ortho_error(kernel: torch.Tensor, size: int) -> float:
@@ -334,41 +361,6 @@ def network_ortho_error(model: nn.Module, sizes: dict[str, int]) -> float:
             elif isinstance(module, ReferenceBjorckLinear):
                 worst = max(worst, dense_ortho_error(module.built))
     return worst
-
-
-def layer_step_fn(layer: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    """Forward + backward of one layer, with the gradient with respect to its input as in a network."""
-
-    def step() -> None:
-        layer.zero_grad(set_to_none=True)
-        layer(x.detach().requires_grad_(True)).sum().backward()
-
-    return step
-
-
-def weight_fns(module: nn.Module) -> tuple[Callable[[], None], Callable[[], None]]:
-    """Build a parametrized layer's weight; build it and backpropagate a fixed random gradient."""
-    grad = torch.randn_like(module.weight)
-
-    def build() -> None:
-        module.weight  # noqa: B018 -- the parametrization runs on attribute access
-
-    def build_and_backward() -> None:
-        module.weight.backward(grad)
-
-    return build, build_and_backward
-
-
-def train_step_fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
-    """One Adam step on the multi-margin hinge loss."""
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        F.multi_margin_loss(model(x), y, margin=HINGE_MARGIN).backward()
-        optimizer.step()
-
-    return step
 
 
 # ----------------------------------------------------------------------------------------------
@@ -451,214 +443,6 @@ def bench_training(reps: Reps) -> dict:
     return results
 
 
-def bench_profile(reps: Reps, top: int = 12) -> dict:
-    """(3) where one training step of bcop-large-mnist spends its time."""
-    torch.manual_seed(0)
-    model = create_model("bcop-large-mnist")
-    perturb_(model)
-    x = torch.rand(TRAIN_BATCH, *model.input_shape)
-    y = torch.randint(0, 10, (TRAIN_BATCH,))
-    step = train_step_fn(model, x, y)
-    total = timed(step, *reps.parts)["median_ms"]
-
-    parts = []
-    for name, module in model.named_children():
-        if not hasattr(module, "parametrizations"):
-            continue
-        build, build_and_backward = weight_fns(module)
-        fwd = timed(build, *reps.parts)["median_ms"]
-        both = timed(build_and_backward, *reps.parts)["median_ms"]
-        model.zero_grad(set_to_none=True)
-        kind = "BCOP kernel" if isinstance(module, BCOPConv2d) else "Björck/polar dense weight"
-        parts.append({"part": f"{name}: {kind} (forward)", "ms": fwd})
-        parts.append({"part": f"{name}: {kind} (backward)", "ms": max(both - fwd, 0.0)})
-
-    torch.manual_seed(0)
-    plain = create_model("plain-large-mnist-maxmin")
-
-    def plain_pass() -> None:
-        plain.zero_grad(set_to_none=True)
-        F.multi_margin_loss(plain(x), y, margin=HINGE_MARGIN).backward()
-
-    parts.append(
-        {
-            "part": "convolutions, dense products, activations, loss (forward + backward, fixed weights)",
-            "ms": timed(plain_pass, *reps.parts)["median_ms"],
-        }
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    F.multi_margin_loss(model(x), y, margin=HINGE_MARGIN).backward()
-    parts.append({"part": "Adam update", "ms": timed(optimizer.step, *reps.parts)["median_ms"]})
-    parts.sort(key=lambda p: p["ms"], reverse=True)
-    for part in parts:
-        part["share"] = part["ms"] / total
-
-    step()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-        step()
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    profiled = sum(e.self_cpu_time_total for e in events) / 1e3
-    ops = [
-        {
-            "op": e.key,
-            "self_ms": e.self_cpu_time_total / 1e3,
-            "calls": e.count,
-            "share": e.self_cpu_time_total / 1e3 / profiled,
-        }
-        for e in events[:top]
-    ]
-    return {
-        "step_ms": total,
-        "parts": parts,
-        "parts_sum_ms": sum(p["ms"] for p in parts),
-        "profiler_total_self_ms": profiled,
-        "top_ops": ops,
-    }
-
-
-def bench_inference(reps: Reps) -> dict:
-    """(4) eval-mode inference with cached kernels against the plain network of the same shapes."""
-    torch.manual_seed(0)
-    ours = create_model("bcop-large-mnist").eval()
-    perturb_(ours)
-    plain = create_model("plain-large-mnist-maxmin").eval()
-    results: dict = {}
-    for batch, (warmup, count) in ((128, reps.infer_128), (1, reps.infer_1)):
-        x = torch.rand(batch, *ours.input_shape)
-        row: dict = {}
-        with torch.no_grad():
-            if batch == 128:
-                start = time.perf_counter()
-                ours(x)
-                row["first_call_ms"] = (time.perf_counter() - start) * 1e3
-            # interleaved rounds, best median of each: background load hits both sides alike
-            rounds = [
-                (
-                    timed(lambda x=x: ours(x), warmup, count)["median_ms"],
-                    timed(lambda x=x: plain(x), warmup, count)["median_ms"],
-                )
-                for _ in range(3)
-            ]
-            row["bcop_ms"] = min(r[0] for r in rounds)
-            row["plain_ms"] = min(r[1] for r in rounds)
-            with parametrize.cached():
-                row["bcop_parametrize_cached_ms"] = timed(lambda x=x: ours(x), warmup, count)["median_ms"]
-        row["ratio"] = row["bcop_ms"] / row["plain_ms"]
-        row["ratio_parametrize_cached"] = row["bcop_parametrize_cached_ms"] / row["plain_ms"]
-        results[f"batch_{batch}"] = row
-    return results
-
-
-# ----------------------------------------------------------------------------------------------
-# 5. The later families (Cayley, SOC, AOL, SLL, AOC) beside each other and beside orthogonium
-# ----------------------------------------------------------------------------------------------
-
-SUCCESSOR_LAYER_CONFIGS = [(64, 3), (32, 5)]
-SUCCESSOR_BATCH, SUCCESSOR_SIZE = 8, 32  # 32 x 32: the size orthogonium's layers are written for
-STEPS_PER_EPOCH = -(-60_000 // TRAIN_BATCH)  # train+val (the final runs' split) at batch 128
-
-
-def _ours_successor(family: str, channels: int, k: int) -> nn.Module:
-    """Our layer of ``family``, ``channels`` -> ``channels``, for 32 x 32 inputs."""
-    return {
-        "cayley": lambda: CayleyConv2d(channels, channels, k, input_size=SUCCESSOR_SIZE),
-        "soc": lambda: SOCConv2d(channels, channels, k),
-        "aol": lambda: AOLConv2d(channels, channels, k),
-        "sll": lambda: SLLConv2d(channels, channels, k),
-        "aoc": lambda: AOCConv2d(channels, channels, k),
-    }[family]()
-
-
-def _orthogonium_successor(family: str, channels: int, k: int) -> tuple[nn.Module | None, str]:
-    """orthogonium 0.0.4's layer of ``family`` (or None) and what it is, or why there is none."""
-    try:
-        from orthogonium.layers.conv.adaptiveSOC import AdaptiveSOCConv2d
-        from orthogonium.layers.conv.AOC import AdaptiveOrthoConv2d
-        from orthogonium.layers.conv.AOL import AOLConv2D
-        from orthogonium.layers.conv.SLL import SDPBasedLipschitzResBlock
-    except ImportError as err:
-        return None, f"orthogonium not importable ({err}); pip install --no-deps orthogonium==0.0.4"
-    if family == "cayley":
-        return None, "orthogonium has Cayley only in legacy/, written for CUDA"
-    if family == "soc":
-        layer = AdaptiveSOCConv2d(channels, channels, k, padding_mode="circular")
-        out = tuple(layer(torch.zeros(1, channels, SUCCESSOR_SIZE, SUCCESSOR_SIZE)).shape[-2:])
-        return layer, f"AdaptiveSOCConv2d (a modified SOC, explicit kernel; output {out[0]}x{out[1]})"
-    if family == "aol":
-        return AOLConv2D(channels, channels, k, padding="same", padding_mode="circular"), "AOLConv2D"
-    if family == "sll":
-        return SDPBasedLipschitzResBlock(channels, 1.0, kernel_size=k), "SDPBasedLipschitzResBlock"
-    return AdaptiveOrthoConv2d(channels, channels, k, padding_mode="circular"), "AdaptiveOrthoConv2d"
-
-
-def bench_successor_layers(reps: Reps) -> list[dict]:
-    """Forward + backward of each family's layer (ours; orthogonium's where it has one)."""
-    rows = []
-    for channels, k in SUCCESSOR_LAYER_CONFIGS:
-        x = torch.randn(SUCCESSOR_BATCH, channels, SUCCESSOR_SIZE, SUCCESSOR_SIZE)
-        for family in SUCCESSORS:
-            torch.manual_seed(0)
-            row = {"family": family, "channels": channels, "kernel_size": k}
-            row["ours"] = timed(layer_step_fn(_ours_successor(family, channels, k).train(), x), *reps.layer)
-            reference, what = _orthogonium_successor(family, channels, k)
-            row["orthogonium_layer"] = what
-            if reference is not None:
-                row["orthogonium"] = timed(layer_step_fn(reference.train(), x), *reps.layer)
-            rows.append(row)
-    return rows
-
-
-def bench_successor_training(reps: Reps) -> dict:
-    """One Large-MNIST training step of each family against ``plain-large-mnist-maxmin`` (and
-    ``bcop-large-mnist``), in one run; with the epoch it implies at batch 128 on train+val, and
-    the eval-mode forward pass (SOC's 12 terms) that validation and certification run."""
-    x = torch.rand(TRAIN_BATCH, 1, 28, 28)
-    y = torch.randint(0, 10, (TRAIN_BATCH,))
-    names = ["plain-large-mnist-maxmin", "bcop-large-mnist"] + [f"{f}-large-mnist" for f in SUCCESSORS]
-    results = {}
-    for name in names:
-        torch.manual_seed(0)
-        model = create_model(name)
-        step = timed(train_step_fn(model.train(), x, y), *reps.train)
-        results[name] = {**step, "epoch_min": step["median_ms"] * STEPS_PER_EPOCH / 6e4}
-        model.eval()
-        with torch.no_grad():
-            results[name]["eval_ms"] = timed(lambda m=model: m(x), *reps.train)["median_ms"]
-    plain = results["plain-large-mnist-maxmin"]["median_ms"]
-    for row in results.values():
-        row["vs_plain"] = row["median_ms"] / plain
-    return {"layers": bench_successor_layers(reps), "training": results}
-
-
-def _markdown_successors(results: dict) -> list[str]:
-    lines = [
-        "",
-        f"## 5. The later families: forward + backward (batch {SUCCESSOR_BATCH}, "
-        f"{SUCCESSOR_SIZE}x{SUCCESSOR_SIZE}, in = out channels), and one Large-MNIST training step",
-        "",
-        "| family | channels | k | ours (ms) | orthogonium 0.0.4 (ms) | orthogonium's layer |",
-        "|---|---|---|---|---|---|",
-    ]
-    for r in results["layers"]:
-        theirs = f"{r['orthogonium']['median_ms']:.1f}" if "orthogonium" in r else "-"
-        lines.append(
-            f"| {r['family']} | {r['channels']} | {r['kernel_size']} | {r['ours']['median_ms']:.1f} "
-            f"| {theirs} | {r['orthogonium_layer']} |"
-        )
-    lines += [
-        "",
-        f"| model (batch {TRAIN_BATCH}, Adam, hinge) | step (ms) | x plain "
-        f"| epoch ({STEPS_PER_EPOCH} steps, min) | eval forward, batch {TRAIN_BATCH} (ms) |",
-        "|---|---|---|---|---|",
-    ]
-    for name, r in results["training"].items():
-        lines.append(
-            f"| {name} | {r['median_ms']:.0f} | {r['vs_plain']:.1f} | {r['epoch_min']:.1f} "
-            f"| {r['eval_ms']:.0f} |"
-        )
-    return lines
-
-
 # ----------------------------------------------------------------------------------------------
 # Report
 # ----------------------------------------------------------------------------------------------
@@ -685,23 +469,39 @@ def environment(quick: bool) -> dict:
 
 
 def targets(results: dict) -> dict:
-    layer = {(r["channels"], r["kernel_size"]): r for r in results["layers"]}
-    train = results["training"]
-    infer = results["inference"]
-    achieved = {
-        "layer_speedup_64_k3": layer[64, 3]["speedup_polar_vs_reference"],
-        "layer_speedup_32_k5": layer[32, 5]["speedup_polar_vs_reference"],
-        "train_speedup": train["polar"]["speedup_vs_reference"],
-        "inference_ratio": max(infer["batch_128"]["ratio"], infer["batch_1"]["ratio"]),
-    }
+    """Each target whose section ran: goal, achieved, met."""
+    achieved = {}
+    if "layers" in results:
+        layer = {(r["channels"], r["kernel_size"]): r for r in results["layers"]}
+        achieved["layer_speedup_64_k3"] = layer[64, 3]["speedup_polar_vs_reference"]
+        achieved["layer_speedup_32_k5"] = layer[32, 5]["speedup_polar_vs_reference"]
+    if "training" in results:
+        achieved["train_speedup"] = results["training"]["polar"]["speedup_vs_reference"]
+    if "steps" in results:
+        achieved["step_ratio_max"] = max(r["ratio"] for name, r in results["steps"].items() if name != PLAIN)
+    if "deployment" in results:
+        achieved["cached_ratio_batch_1"] = results["deployment"][1]["cached_ratio"]
+        achieved["exported_ratio_max"] = max(r["exported_ratio"] for r in results["deployment"].values())
     return {
         name: {
-            "target": goal,
-            "achieved": achieved[name],
-            "met": achieved[name] <= goal if name == "inference_ratio" else achieved[name] >= goal,
+            "target": TARGETS[name],
+            "achieved": value,
+            "met": value <= TARGETS[name] if name in LOWER_IS_BETTER else value >= TARGETS[name],
         }
-        for name, goal in TARGETS.items()
+        for name, value in achieved.items()
     }
+
+
+def ortho_errors_of_ours(results: dict) -> list[float]:
+    """The orthogonality errors the exit status judges: our polar layers and networks, and a
+    training step's float32 weights (never the reference's or Björck's, which are there to
+    compare against)."""
+    errors = [r["polar"]["ortho_error"] for r in results.get("layers", [])]
+    if "training" in results:
+        errors.append(results["training"]["polar"]["ortho_error"])
+    if "orthogonality" in results:
+        errors.append(worst_train_orthogonality(results["orthogonality"]))
+    return errors
 
 
 TRAINING_LABELS = {
@@ -757,105 +557,81 @@ def _markdown_training(results: dict) -> list[str]:
     return lines
 
 
-def _markdown_profile(prof: dict) -> list[str]:
-    lines = [
+def _markdown_header(results: dict) -> list[str]:
+    env = results["environment"]
+    return [
+        "# BCOP layer and network benchmarks",
         "",
-        f"## 3. Where a bcop-large-mnist training step goes ({prof['step_ms']:.1f} ms per step)",
-        "",
-        "Each part is timed on its own (the network's operators on plain-large-mnist-maxmin, which has",
-        "the same shapes), so the parts need not add up to the step exactly.",
-        "",
-        "| part | ms | share of step |",
-        "|---|---:|---:|",
+        f"{env['date']}, torch {env['torch']}, {env['threads']} threads, {env['cpu']}"
+        f"{' (--quick: few repetitions)' if env['quick'] else ''}; "
+        f"load average at start {env['load_average_at_start'][0]:.2f}, at end "
+        f"{env['load_average_at_end'][0]:.2f}. Median times.",
     ]
-    lines += [f"| {p['part']} | {p['ms']:.2f} | {100 * p['share']:.0f}% |" for p in prof["parts"]]
-    lines += [
-        f"| (sum of parts) | {prof['parts_sum_ms']:.2f} "
-        f"| {100 * prof['parts_sum_ms'] / prof['step_ms']:.0f}% |",
-        "",
-        "Top operators by self CPU time (torch.profiler, one step):",
-        "",
-        "| operator | self ms | calls | share |",
-        "|---|---:|---:|---:|",
-    ]
-    lines += [
-        f"| `{o['op']}` | {o['self_ms']:.2f} | {o['calls']} | {100 * o['share']:.0f}% |"
-        for o in prof["top_ops"]
-    ]
-    return lines
 
 
-def _markdown_inference_and_targets(results: dict) -> list[str]:
-    lines = [
-        "",
-        "## 4. Inference with cached kernels (eval, no_grad) vs plain-large-mnist-maxmin",
-        "",
-        "| batch | bcop ms | plain ms | ratio | bcop in parametrize.cached() ms | ratio |",
-        "|---:|---:|---:|---:|---:|---:|",
-    ]
-    for name, r in results["inference"].items():
-        lines.append(
-            f"| {name.split('_')[1]} | {r['bcop_ms']:.3f} | {r['plain_ms']:.3f} | {r['ratio']:.2f}x "
-            f"| {r['bcop_parametrize_cached_ms']:.3f} | {r['ratio_parametrize_cached']:.2f}x |"
-        )
-    lines += [
-        "",
-        "First call at batch 128 (builds every kernel): "
-        f"{results['inference']['batch_128']['first_call_ms']:.1f} ms.",
-        "",
-        "## Targets",
-        "",
-        "| target | goal | achieved | met |",
-        "|---|---:|---:|---|",
-    ]
+def _markdown_targets(results: dict) -> list[str]:
+    lines = ["", "## Targets", "", "| target | goal | achieved | met |", "|---|---:|---:|---|"]
     for name, t in results["targets"].items():
         lines.append(f"| {name} | {t['target']} | {t['achieved']:.2f} | {'yes' if t['met'] else 'no'} |")
     return lines
 
 
+MARKDOWN = {
+    "layers": _markdown_layers,
+    "training": _markdown_training,
+    "steps": lambda results: markdown_steps(results["steps"]),
+    "overhead": lambda results: markdown_overhead(results["overhead"]),
+    "orthogonality": lambda results: markdown_orthogonality(results["orthogonality"]),
+    "deployment": lambda results: markdown_deployment(results["deployment"]),
+    "successors": lambda results: markdown_successors(results["successors"]),
+}
+
+
 def markdown(results: dict) -> str:
-    """The results as the Markdown report: layers, training step, profile, inference, targets."""
-    lines = _markdown_layers(results) + _markdown_training(results)
-    lines += _markdown_profile(results["profile"]) + _markdown_inference_and_targets(results)
-    lines += _markdown_successors(results["successors"])
-    return "\n".join(lines) + "\n"
+    """The results as the Markdown report: one table per section that ran, then the targets."""
+    lines = _markdown_header(results)
+    for section, render in MARKDOWN.items():
+        if section in results:
+            lines += render(results)
+    return "\n".join(lines + _markdown_targets(results)) + "\n"
 
 
-def write_successors(out: Path, results: dict, reps: Reps, start: float) -> int:
-    """Run and write section 5 alone (``--successors-only``)."""
-    print("5. later families", flush=True)
-    results["successors"] = bench_successor_training(reps)
-    results["environment"]["load_average_at_end"] = list(os.getloadavg())
-    results["environment"]["wall_s"] = time.perf_counter() - start
-    write_results(out, results, "\n".join(_markdown_successors(results["successors"])) + "\n")
-    print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')}")
-    return 0
+def run_sections(sections: list[str], reps: Reps) -> dict:
+    """Run the named sections in the order of SECTIONS; returns their results by name."""
+    runs = {
+        "layers": lambda: bench_layers(reps),
+        "training": lambda: bench_training(reps),
+        "steps": lambda: bench_step_ratios(reps.steps, perturb_),
+        "overhead": lambda: bench_overhead_profile(reps.parts, perturb_),
+        "orthogonality": bench_train_orthogonality,
+        "deployment": lambda: bench_deployment(reps.deploy),
+        "successors": lambda: bench_successors(reps.layer, reps.steps),
+    }
+    results = {}
+    for section in SECTIONS:
+        if section in sections:
+            print(section, flush=True)
+            results[section] = runs[section]()
+    return results
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="few repetitions, for development")
     parser.add_argument("--out", default="results/layers", help="output path without extension")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--successors-only", action="store_true", help="only 5., the later families")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    parser.add_argument(
+        "--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}"
+    )
     args = parser.parse_args(argv)
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
-    reps = QUICK if args.quick else FULL
+    sections = args.sections.split(",")
+    unknown = set(sections) - set(SECTIONS)
+    if unknown:
+        parser.error(f"unknown sections {sorted(unknown)}; known: {', '.join(SECTIONS)}")
+    torch.set_num_threads(args.threads)
     results: dict = {"environment": environment(args.quick)}
     start = time.perf_counter()
-    if args.successors_only:
-        return write_successors(Path(args.out), results, reps, start)
-    print("1. BCOP layers", flush=True)
-    results["layers"] = bench_layers(reps)
-    print("2. training step", flush=True)
-    results["training"] = bench_training(reps)
-    print("3. profile", flush=True)
-    results["profile"] = bench_profile(reps)
-    print("4. inference", flush=True)
-    results["inference"] = bench_inference(reps)
-    print("5. later families", flush=True)
-    results["successors"] = bench_successor_training(reps)
+    results |= run_sections(sections, QUICK if args.quick else FULL)
     results["targets"] = targets(results)
     results["environment"]["load_average_at_end"] = list(os.getloadavg())
     results["environment"]["wall_s"] = time.perf_counter() - start
@@ -864,11 +640,9 @@ def main(argv: list[str] | None = None) -> int:
     write_results(out, results, markdown(results))
     wall = results["environment"]["wall_s"]
     print(f"wrote {out.with_suffix('.json')} and {out.with_suffix('.md')} in {wall:.0f} s")
-
-    errors = [r[m]["ortho_error"] for r in results["layers"] for m in ("polar", "bjorck", "reference")]
-    errors += [r["ortho_error"] for r in results["training"].values()]
-    if max(errors) > ORTHO_TOL:
-        print(f"orthogonality error {max(errors):.1e} exceeds {ORTHO_TOL:.0e}", file=sys.stderr)
+    errors = ortho_errors_of_ours(results)
+    if errors and max(errors) > ORTHO_TOL:
+        print(f"orthogonality error of our layers {max(errors):.1e} exceeds {ORTHO_TOL:.0e}", file=sys.stderr)
         return 1
     return 0
 

@@ -26,6 +26,7 @@ from bcop.layers import (
     SVCMConv2d,
     frozen_weights,
 )
+from bcop.layers.parametrization import current_weight
 from bcop.orthogonal import (
     circular_pad,
     conv_singular_values,
@@ -635,3 +636,20 @@ def test_kernel_built_in_inference_mode_is_usable_for_input_gradients() -> None:
     with frozen_weights(layer):
         (grad,) = torch.autograd.grad(layer(x).sum(), x)
     assert torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("make", [lambda: BCOPConv2d(4, 4, 3), lambda: OSSNConv2d(3, 4, 3, input_size=6)])
+def test_current_weight_serves_the_cached_weight_and_follows_changes(make) -> None:
+    """current_weight (what the layers' forward reads) returns the very tensor the cache holds
+    after a no-grad call, and the recomputed weight after the raw tensors change in place; with
+    gradients it is the parametrization's fresh, differentiable weight."""
+    torch.manual_seed(0)
+    layer = make().eval()
+    with torch.no_grad():
+        first = layer.weight
+        assert current_weight(layer) is first
+        for raw in layer.parametrizations.weight.parameters():
+            raw.mul_(1.5).add_(0.01)
+        changed = current_weight(layer)
+        assert changed is not first and torch.equal(changed, layer.weight)
+    assert current_weight(layer).requires_grad

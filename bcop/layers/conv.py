@@ -17,7 +17,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from bcop.deprecation import deprecated_names
-from bcop.layers.parametrization import POLAR, CachedParametrization, OrthoParams, scaled_orthogonal_
+from bcop.layers.parametrization import (
+    POLAR,
+    CachedParametrization,
+    OrthoParams,
+    current_weight,
+    scaled_orthogonal_,
+)
 from bcop.orthogonal import as_pair, bcop_kernel, conv2d_same, conv_spectral_norm, svcm_project
 
 __all__ = [
@@ -88,7 +94,7 @@ class LipschitzConv2d(nn.Conv2d):
                 f"{type(self).__name__} expects input of shape (N, {self.in_channels}, H, W), "
                 f"got {tuple(x.shape)}"
             )
-        return super().forward(x)
+        return self._conv_forward(x, current_weight(self), self.bias)
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return conv2d_same(x, weight, bias, self.padding_mode)

@@ -5,11 +5,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
 from bcop.deprecation import deprecated_names
-from bcop.layers.parametrization import POLAR, CachedParametrization, OrthoParams, scaled_orthogonal_
+from bcop.layers.parametrization import (
+    POLAR,
+    CachedParametrization,
+    OrthoParams,
+    current_weight,
+    scaled_orthogonal_,
+)
+from bcop.orthogonal import polar_linear
 
 __all__ = ["LipschitzLinear", "OrthogonalLinear", "Orthonormal"]
 
@@ -19,11 +27,14 @@ class LipschitzLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (N, in_features) -> (N, out_features)."""
+        self._check_input(x)
+        return F.linear(x, current_weight(self), self.bias)
+
+    def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(
                 f"{type(self).__name__} expects input of shape (N, {self.in_features}), got {tuple(x.shape)}"
             )
-        return super().forward(x)
 
     @torch.no_grad()  # a measurement: no graph (the weights are those of the current mode)
     def lipschitz_bound(self, input_shape: Sequence[int] | None = None) -> float:
@@ -65,6 +76,21 @@ class OrthogonalLinear(LipschitzLinear):
         super().__init__(in_features, out_features, bias=bias)  # bias: +-1/sqrt(in), the paper's
         scaled_orthogonal_(self.weight, in_features)
         parametrize.register_parametrization(self, "weight", Orthonormal(ortho))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (N, in_features) -> (N, out_features).
+
+        A training step with the polar factor applies the small factor of the Gram matrix to
+        ``W x`` instead of forming the weight (:func:`bcop.orthogonal.polar_linear`: the same
+        function and gradient at a fraction of the cost); everything else uses ``self.weight``,
+        cached while the raw matrix does not change.
+        """
+        if self.training and torch.is_grad_enabled():
+            chain = self.parametrizations.weight
+            if chain.original.requires_grad and chain[0].ortho.method == "polar":
+                self._check_input(x)
+                return polar_linear(x, chain.original, self.bias, precise=False)
+        return super().forward(x)
 
 
 __getattr__ = deprecated_names(__name__, {"BjorckLinear": ("bcop.layers.OrthogonalLinear", OrthogonalLinear)})
