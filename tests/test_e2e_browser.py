@@ -178,7 +178,9 @@ def test_the_attack_button_waits_while_it_runs_and_the_progress_shows_under_it(p
     button.click()
     page.locator("#attack-status").get_by_text("Done").wait_for()
     assert page.evaluate("() => window.attackButtonWasDisabled"), "disabled while the attack ran"
-    assert button.is_enabled()
+    # "Done" and the enabled button come in one update, but the page renders its components one
+    # after the other: the button may be enabled a frame after the status shows "Done".
+    sync_api.expect(button).to_be_enabled(timeout=5000)
     text = page.locator("#attack-summary").inner_text()
     assert all(f"{name}: PGD at ε = 1.58" in text for name in MODELS), text
 
