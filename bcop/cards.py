@@ -30,6 +30,7 @@ __all__ = [
     "model_card",
     "results_table",
     "summary_table",
+    "training_time_cell",
     "refresh_folder",
     "main",
 ]
@@ -194,7 +195,7 @@ def _time_sentence(training: dict[str, Any]) -> str:
     return "Time: " + "; ".join(parts) + " (machines possibly shared with other jobs)."
 
 
-def _time_cell(training: dict[str, Any]) -> str:
+def training_time_cell(training: dict[str, Any]) -> str:
     """The summary table's training-time cell: CPU-hours, or wall-clock hours on a GPU."""
     segments = training["hardware"]
     if not any(_on_gpu(s["hardware"]) for s in segments):
@@ -285,7 +286,7 @@ def summary_table(results: list[dict[str, Any]]) -> str:
         ours, paper = _headline(r)
         paper_text = " / ".join(paper) if r["paper"] else "–"
         training = r.get("training")
-        trained = _time_cell(training) if training else "–"
+        trained = training_time_cell(training) if training else "–"
         command = f"`{training['command']}`" if training else "–"
         lines.append(
             f"| {r['model']} | {' / '.join(ours)} | {_pgd_paper_attack(r)} "

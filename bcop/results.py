@@ -38,6 +38,7 @@ __all__ = [
     "PAPER_RESULTS",
     "UNRECORDED_HARDWARE",
     "eps_key",
+    "certified_at",
     "percent",
     "upgrade_results",
     "read_results",
@@ -72,6 +73,12 @@ _REQUIRED = ("model", "dataset", "n_test", "eps", "clean", "lipschitz", "certifi
 def eps_key(eps: float) -> str:
     """The key of radius ``eps`` in the accuracy maps: ``1.58 -> "1.58"``, ``1.0 -> "1"``."""
     return f"{eps:g}"
+
+
+def certified_at(results: dict[str, Any], eps: float) -> float | None:
+    """Schema-2 ``results``' certified accuracy (percent) at radius ``eps``; None when the
+    evaluation's curve did not include that radius."""
+    return results["certified"].get(eps_key(eps))
 
 
 def upgrade_results(results: dict[str, Any]) -> dict[str, Any]:

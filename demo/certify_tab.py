@@ -58,6 +58,10 @@ BOUNDS_CAPTION = (
     "this image, how many times the certified radius the attack needed (1× would mean the "
     "certificate is exact)."
 )
+MODELS_INFO = (
+    "The paper's models (BCOP and the baselines it was compared with) first, then later families "
+    "(Cayley, SOC, AOL, SLL, AOC) when their checkpoints are present."
+)
 ATTACK_PROMPT = "Press **Attack** to look for adversarial examples of this image."
 ATTACK_DONE = "Done: the attack's results are below the certificates."
 NO_IMAGE_SUMMARY = f"*{NO_IMAGE_MESSAGE.capitalize()}.*"
@@ -388,7 +392,9 @@ def _results(start: dict[str, Any]) -> tuple[list[Component], list[Component], g
 
 def _controls(store: ModelStore, start: dict[str, Any]) -> tuple[Component, ...]:
     """The models to use, Certify, and the attack's radius, button and status."""
-    models = validated(gr.CheckboxGroup(store.names, value=store.defaults(), label="Models"))
+    models = validated(
+        gr.CheckboxGroup(store.choices(), value=store.defaults(), label="Models", info=MODELS_INFO)
+    )
     certify_btn = gr.Button("Certify", variant="primary")
     preprocess_btn = gr.Button("Preprocess", visible=False)  # API endpoint only
     epsilon = validated(

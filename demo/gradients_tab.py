@@ -209,7 +209,7 @@ def create_tab(store: ModelStore, tab: gr.Tab, certify: CertifyTab) -> None:
     gr.Markdown(INTRO)
     with gr.Row():
         grad_models = validated(
-            gr.CheckboxGroup(store.names, value=store.defaults(), label="Models", scale=3)
+            gr.CheckboxGroup(store.choices(), value=store.defaults(), label="Models", scale=3)
         )
         grad_btn = gr.Button("Gradient norms for the current image", scale=1)
     grad_note = gr.Markdown(elem_id="gradient-note")

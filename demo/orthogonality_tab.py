@@ -61,7 +61,9 @@ def create_tab(store: ModelStore, tab: gr.Tab) -> None:
     actions = Actions(store)
     gr.Markdown(INTRO)
     with gr.Row():
-        sv_models = validated(gr.CheckboxGroup(store.names, value=store.defaults(), label="Models", scale=3))
+        sv_models = validated(
+            gr.CheckboxGroup(store.choices(), value=store.defaults(), label="Models", scale=3)
+        )
         sv_btn = gr.Button("Show singular values", scale=1)
     sv_note = gr.Markdown()
     with gr.Column() as sv_box:

@@ -27,13 +27,20 @@ from bcop.hub import (
     load_model,
     local_checkpoints,
 )
-from bcop.models import list_models, parse_model_name
+from bcop.models import SUCCESSORS, list_models, parse_model_name
 from bcop.results import read_results
 from bcop.spectra import LayerSpectrum, conv_spectra
 
 log = logging.getLogger("bcop.app")
 
 DEFAULT_MODELS = ("bcop-large-mnist", "rko-large-mnist", "plain-large-mnist")
+PAPER_GROUP, LATER_GROUP = "the paper's models", "later families"
+
+
+def model_group(name: str) -> str:
+    """:data:`LATER_GROUP` for a network of one of BCOP's successors (``bcop.models.SUCCESSORS``:
+    Cayley, SOC, AOL, SLL, AOC), :data:`PAPER_GROUP` for the paper's own and its baselines."""
+    return LATER_GROUP if parse_model_name(name).conv in SUCCESSORS else PAPER_GROUP
 
 
 def hub_url(repo_id: str) -> str:
@@ -101,7 +108,12 @@ class ModelStore:
         pretrained = list_models(pretrained=True)
         found = set(local_checkpoints()) | (set(pretrained) if self.use_hub else set())
         mnist = {n for n in found if n in list_models() and parse_model_name(n).dataset == "mnist"}
-        return [n for n in pretrained if n in mnist] + sorted(mnist - set(pretrained))
+        ordered = [n for n in pretrained if n in mnist] + sorted(mnist - set(pretrained))
+        return sorted(ordered, key=lambda n: model_group(n) == LATER_GROUP)  # stable: the paper's first
+
+    def choices(self) -> list[tuple[str, str]]:
+        """(label, name) of every model, the paper's first, then later families, labelled as such."""
+        return [(n if model_group(n) == PAPER_GROUP else f"{n} (later family)", n) for n in self.names]
 
     def defaults(self) -> list[str]:
         chosen = [n for n in DEFAULT_MODELS if n in self.names]

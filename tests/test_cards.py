@@ -11,7 +11,7 @@ import pytest
 from huggingface_hub import EvalResult, ModelCard
 
 from bcop import list_models
-from bcop.cards import _time_cell, _time_sentence, eval_results, main, model_card, results_table
+from bcop.cards import _time_sentence, eval_results, main, model_card, results_table, training_time_cell
 from bcop.hub import HUB_OWNER, checkpoints_dir
 from bcop.results import UNRECORDED_HARDWARE, read_results, upgrade_results
 
@@ -98,9 +98,9 @@ def test_training_time_is_told_per_stretch_of_hardware() -> None:
         "Time: 2 epochs on NVIDIA H200: 0.20 h wall clock; 1 epoch on CPU (2 threads): "
         "1.00 h wall clock, 2.00 CPU-hours (machines possibly shared with other jobs)."
     )
-    assert _time_cell(training) == "0.20 h on NVIDIA H200 + 2.00 h, 3"
+    assert training_time_cell(training) == "0.20 h on NVIDIA H200 + 2.00 h, 3"
     cpu_only = {**training, "hardware": [{**segments[1], "hardware": UNRECORDED_HARDWARE}]}
-    assert _time_cell(cpu_only) == "2.22 h, 3"
+    assert training_time_cell(cpu_only) == "2.22 h, 3"
 
 
 def test_results_table_shows_percentages_and_a_dash_for_what_was_not_measured() -> None:

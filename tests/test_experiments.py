@@ -17,6 +17,7 @@ from bcop.experiments.wasserstein_table import (
     render_markdown,
     run_table,
 )
+from bcop.models import SUCCESSORS
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -75,3 +76,18 @@ def test_a_stopped_table_continues_and_refuses_other_settings(tmp_path: Path) ->
 def test_the_command_refuses_an_unknown_critic_before_training(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(ValueError, match="unknown model name 'bcop-tiny-mnist'"):
         main(["--critics", "bcop-tiny-mnist", "--results", "/nonexistent/r.json", "--doc", ""])
+
+
+def test_the_table_takes_the_successors_as_critics_and_keeps_the_papers_claim_to_its_own(
+    tmp_path: Path,
+) -> None:
+    critics = ("bcop-small-mnist", *(f"{family}-small-mnist" for family in SUCCESSORS))
+    cfg = TableConfig(
+        critics=critics, pairs=("gaussians",), steps=2, lrs=(1e-3,), seeds=(0,), n_select=8, n_report=8
+    )
+    results = run_table(cfg, tmp_path / "results.json", tmp_path / "page.md", "test")
+    assert [e["critic"] for e in results["entries"]] == list(critics)
+    assert all(0 < run["lipschitz"] <= 1 + 1e-4 for e in results["entries"] for run in e["runs"])
+    page = (tmp_path / "page.md").read_text()
+    assert all(name in page for name in critics)
+    assert "BCOP highest of the paper's MaxMin critics: yes" in page  # the only paper critic here

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 
 from bcop.hardware import describe_hardware
-from bcop.models import LipschitzNet
+from bcop.models import SUCCESSORS, LipschitzNet, parse_model_name
 from bcop.wasserstein import PAIRS, CriticTrainer, Pair, estimate, held_out, make_critic, make_pair
 
 __all__ = ["TABLE_CRITICS", "TableConfig", "run_entry", "run_table", "render_markdown", "main"]
@@ -114,11 +114,12 @@ def _findings(entries: dict[tuple[str, str], dict[str, Any]], cfg: TableConfig) 
             continue
         order = sorted(row, key=lambda c: -row[c]["mean"])
         text = f"- {pair}: " + " > ".join(f"{c} ({row[c]['mean']:.3f})" for c in order)
-        maxmin = [c for c in order if not c.endswith("-relu")]
+        # The paper's claim is about its own MaxMin critics; later families are ranked beside them.
+        later = [c for c in order if parse_model_name(c).conv in SUCCESSORS]
+        maxmin = [c for c in order if not c.endswith("-relu") and c not in later]
         if "bcop-small-mnist" in maxmin:
-            text += (
-                f"; BCOP highest of the MaxMin critics: {'yes' if maxmin[0] == 'bcop-small-mnist' else 'no'}"
-            )
+            which = "the paper's MaxMin critics" if later else "the MaxMin critics"
+            text += f"; BCOP highest of {which}: {'yes' if maxmin[0] == 'bcop-small-mnist' else 'no'}"
         if {"bcop-small-mnist", "bcop-small-mnist-relu"} <= row.keys():
             a, b = row["bcop-small-mnist"], row["bcop-small-mnist-relu"]
             diff = a["mean"] - b["mean"]

@@ -1,0 +1,155 @@
+"""The table of every model in ``checkpoints/`` (``python -m bcop.experiments.successors table``):
+accuracies and bound from each model's ``eval_results.json`` (the numbers its card and the demo
+show, read by :func:`bcop.results.collect_results`), training cost from the recorded training,
+inference time measured here, and each family's published CIFAR-10 figures beside it.
+
+It rewrites the section :data:`SECTION` of ``docs/successors.md`` (the rest of the page is kept)
+and prints the Markdown for the README.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from bcop.cards import training_time_cell
+from bcop.data import DATASET_SHAPES, TRAIN_VAL_SIZES
+from bcop.hub import load_folder
+from bcop.models import parse_model_name
+from bcop.results import certified_at, collect_results, eps_key
+
+__all__ = ["PUBLISHED", "SECTION", "RADII", "inference_ms", "table_rows", "render", "write_section", "main"]
+
+SECTION = "## Results"
+RADII = (36 / 255, 72 / 255, 1.58)  # the CIFAR-10 literature's radii, and the paper's MNIST one
+# Each family's paper, for its own CIFAR-10 figures (clean, certified at 36/255, in percent). A
+# figure is filled in only once read from the paper (or from 1LLC, Prach et al., CVPR 2024, which
+# retrained them all); None shows as an empty cell: none was checked in the session that wrote this.
+PUBLISHED: dict[str, dict[str, Any]] = {
+    "bcop": {"paper": "Li et al., NeurIPS 2019", "clean": None, "certified_36": None},
+    "cayley": {"paper": "Trockman & Kolter, ICLR 2021", "clean": None, "certified_36": None},
+    "soc": {"paper": "Singla & Feizi, ICML 2021", "clean": None, "certified_36": None},
+    "aol": {"paper": "Prach & Lampert, ECCV 2022", "clean": None, "certified_36": None},
+    "sll": {"paper": "Araujo et al., ICLR 2023", "clean": None, "certified_36": None},
+    "aoc": {"paper": "Boissin et al., ICML 2025", "clean": None, "certified_36": None},
+}
+
+
+@torch.no_grad()
+def inference_ms(model: torch.nn.Module, batch: int, reps: int = 5) -> float:
+    """Median wall-clock milliseconds of one eval-mode forward pass of ``batch`` random images
+    (after one warm-up pass, which builds any cached weights), on the CPU threads torch has."""
+    model.eval()
+    x = torch.rand(batch, *DATASET_SHAPES[model.config.dataset])
+    model(x)
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        model(x)
+        times.append(1000 * (time.perf_counter() - start))
+    return statistics.median(times)
+
+
+def _seconds_per_step(training: dict[str, Any] | None) -> float | None:
+    """Wall-clock seconds per optimiser step over the recorded run (None when not recorded)."""
+    if not training:
+        return None
+    cfg = training["config"]
+    n_train, n_val = TRAIN_VAL_SIZES[parse_model_name(cfg["model"]).dataset]
+    images = n_train + n_val if cfg.get("train_split") == "train+val" else n_train
+    images = min(images, cfg.get("limit_train") or images)
+    steps = training["epochs"] * math.ceil(images / cfg["batch_size"])
+    return 3600 * training["wall_hours"] / steps
+
+
+def table_rows(root: str | Path, timing: bool = True) -> list[dict[str, Any]]:
+    """One row per evaluated model under ``root``, in :func:`collect_results`' order: accuracies
+    (percent, None when not evaluated at that radius), bound, training cost, inference
+    milliseconds at batch 1 and 128 (None unless ``timing``) and parameters."""
+    rows = []
+    for r in collect_results(root):
+        model, _ = load_folder(Path(root) / r["model"])
+        training = r.get("training")
+        rows.append({
+            "model": r["model"],
+            "family": model.config.conv,
+            "clean": r["clean"],
+            **{f"certified {eps_key(e)}": certified_at(r, e) for e in RADII},
+            "pgd": r["pgd"].get(eps_key(1.58)),
+            "lipschitz": r["lipschitz"],
+            "s_per_step": _seconds_per_step(training),
+            "training_time": training_time_cell(training) if training else "",
+            "ms_1": inference_ms(model, 1) if timing else None,
+            "ms_128": inference_ms(model, 128) if timing else None,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        })  # fmt: skip
+    return rows
+
+
+def _cell(value: float | None, spec: str) -> str:
+    return "" if value is None else format(value, spec)
+
+
+def render(rows: list[dict[str, Any]]) -> str:
+    """The Markdown table (accuracies on MNIST; the published columns are CIFAR-10's)."""
+    lines = [
+        "| model | clean | cert. 36/255 | cert. 72/255 | cert. 1.58 | PGD 1.58 | bound | s / step "
+        "| training (CPU-h, epochs) | ms, batch 1 | ms, batch 128 | parameters | paper "
+        "| its CIFAR-10 clean / cert. 36/255 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        published = PUBLISHED.get(row["family"], {})
+        figures = [_cell(published.get(k), ".1f") for k in ("clean", "certified_36")]
+        cells = [
+            row["model"], _cell(row["clean"], ".2f"),
+            *(_cell(row[f"certified {eps_key(e)}"], ".2f") for e in RADII),
+            _cell(row["pgd"], ".2f"), _cell(row["lipschitz"], ".7g"), _cell(row["s_per_step"], ".2f"),
+            row["training_time"], _cell(row["ms_1"], ".1f"), _cell(row["ms_128"], ".1f"),
+            f"{row['parameters']:,}", published.get("paper", ""), " / ".join(figures) if any(figures) else "",
+        ]  # fmt: skip
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+NOTES = (
+    "Ours are MNIST test-set figures (accuracies in %, from each model's `eval_results.json`, "
+    "the numbers its card and the demo show); the last column is the family's own CIFAR-10 "
+    "figures, another task, left empty until checked against the paper. An empty certified cell: "
+    "the model was evaluated before the curve had that radius (`python -m bcop.evaluate "
+    "--complete-curve checkpoints/NAME` adds it). s / step: wall clock over the recorded "
+    "training, whatever hardware it ran on; the "
+    "training time is the summary table's (`python -m bcop.evaluate --summary`): CPU-hours, GPU "
+    "epochs as wall-clock hours; "
+    "ms: measured by this command ({where}; machines possibly shared with other jobs), eval "
+    "mode, median of 5."
+)
+
+
+def write_section(page: str | Path, table: str, where: str) -> None:
+    """Replace the :data:`SECTION` section of ``page`` (up to the next ``## `` heading) with the
+    table and its notes; appended at the end when the page has none."""
+    page = Path(page)
+    text = page.read_text() if page.is_file() else ""
+    body = f"{SECTION}\n\n{NOTES.format(where=where)}\n\n{table}\n"
+    if SECTION + "\n" not in text:
+        page.write_text(text.rstrip("\n") + "\n\n" + body)
+        return
+    before, rest = text.split(SECTION + "\n", 1)
+    after = rest[rest.index("\n## ") + 1 :] if "\n## " in rest else ""
+    page.write_text(before + body + ("\n" + after if after else ""))
+
+
+def main(root: str | Path = "checkpoints", page: str | Path | None = "docs/successors.md") -> str:
+    """Build the table of the models under ``root``, write it into ``page`` and print it."""
+    table = render(table_rows(root))
+    where = f"{torch.get_num_threads()} CPU thread(s), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
+    if page is not None:
+        write_section(page, table, where)
+    print(table)
+    return table
