@@ -62,8 +62,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bcop.layers import BCOPConv2d, BjorckLinear, OrthoParams  # noqa: E402
-from bcop.models import create_model  # noqa: E402
+from bcop.factory import create_model  # noqa: E402
+from bcop.layers import BCOPConv2d, OrthogonalLinear, OrthoParams  # noqa: E402
 from bcop.orthogonal import conv_singular_values  # noqa: E402
 from benchmarks.common import write_results  # noqa: E402
 from benchmarks.step_cost import (  # noqa: E402
@@ -252,9 +252,9 @@ class ReferenceBCOPConv2d(nn.Module):
 
 
 class ReferenceBjorckLinear(nn.Module):
-    """Björck dense layer computed the straightforward way, from the matrix of a ``BjorckLinear``."""
+    """Björck dense layer computed the straightforward way, from the matrix of an ``OrthogonalLinear``."""
 
-    def __init__(self, ours: BjorckLinear, gram: str = "larger") -> None:
+    def __init__(self, ours: OrthogonalLinear, gram: str = "larger") -> None:
         super().__init__()
         self.gram = gram
         self.raw = nn.Parameter(ours.parametrizations.weight.original.detach().clone())
@@ -278,7 +278,7 @@ def reference_network(ours: nn.Sequential, dense_gram: str = "larger") -> nn.Seq
     for name, module in ours.named_children():
         if isinstance(module, BCOPConv2d):
             layers[name] = ReferenceBCOPConv2d(module)
-        elif isinstance(module, BjorckLinear):
+        elif isinstance(module, OrthogonalLinear):
             layers[name] = ReferenceBjorckLinear(module, dense_gram)
         else:
             layers[name] = copy.deepcopy(module)
@@ -356,7 +356,7 @@ def network_ortho_error(model: nn.Module, sizes: dict[str, int]) -> float:
                 worst = max(worst, conv_ortho_error(module.weight, sizes[name]))
             elif isinstance(module, ReferenceBCOPConv2d):
                 worst = max(worst, conv_ortho_error(module.built, sizes[name]))
-            elif isinstance(module, BjorckLinear):
+            elif isinstance(module, OrthogonalLinear):
                 worst = max(worst, dense_ortho_error(module.weight))
             elif isinstance(module, ReferenceBjorckLinear):
                 worst = max(worst, dense_ortho_error(module.built))
