@@ -96,3 +96,10 @@ def write_results(out: str | Path, results: dict[str, Any], table: str) -> None:
     out.with_suffix(".json").write_text(json.dumps(results, indent=2) + "\n")
     out.with_suffix(".md").write_text(table)
     print(table)
+
+
+def markdown_table(title: list[str], header: str, separator: str, rows: list[list[str]]) -> list[str]:
+    """A report section: a blank line, ``title`` lines (the heading and any text under it), a
+    blank line, then a Markdown table of ``header``, ``separator`` and one line per row of
+    formatted cells."""
+    return ["", *title, "", header, separator, *("| " + " | ".join(cells) + " |" for cells in rows)]

@@ -29,6 +29,7 @@ from bcop.factory import create_model
 from bcop.hub import load_folder
 from bcop.layers import BCOPConv2d, OrthogonalLinear
 from bcop.orthogonal import conv_singular_values
+from benchmarks.common import markdown_table
 
 ROOT = Path(__file__).resolve().parents[1]
 PLAIN = "plain-large-mnist-maxmin"
@@ -251,15 +252,12 @@ def bench_deployment(reps: dict[int, tuple[int, int]]) -> dict:
 
 
 def markdown_steps(rows: dict) -> list[str]:
-    lines = [
-        "",
-        f"## Training step against {PLAIN} (batch {BATCH}, Adam, hinge; interleaved medians)",
-        "",
+    return markdown_table(
+        [f"## Training step against {PLAIN} (batch {BATCH}, Adam, hinge; interleaved medians)"],
         "| network | weights | ms / step | ratio to plain |",
         "|---|---|---:|---:|",
-    ]
-    lines += [f"| {name} | {r['weights']} | {r['ms']:.1f} | {r['ratio']:.2f}x |" for name, r in rows.items()]
-    return lines
+        [[name, r["weights"], f"{r['ms']:.1f}", f"{r['ratio']:.2f}x"] for name, r in rows.items()],
+    )
 
 
 def markdown_overhead(prof: dict) -> list[str]:
@@ -291,41 +289,36 @@ def markdown_overhead(prof: dict) -> list[str]:
 
 
 def markdown_orthogonality(rows: list[dict]) -> list[str]:
-    lines = [
-        "",
-        "## Float32 orthogonality of a training step (max |sigma - 1|)",
-        "",
-        "Raw matrices at the initialisation's scale with singular values spread over the condition",
-        "number. Ours: the BCOPConv2d(256, 256, 3) kernel on 8x8, the map the 512 x 3136 dense layer",
-        "applies and its train-mode weight. Previous recipe (float32 Gram matrix and eigh): its H and",
-        "its dense factor, for comparison (not judged).",
-        "",
+    keys = ("bcop_256_kernel", "dense_applied", "dense_weight")
+    keys += ("previous_recipe_H_256", "previous_recipe_dense")
+    return markdown_table(
+        [
+            "## Float32 orthogonality of a training step (max |sigma - 1|)",
+            "",
+            "Raw matrices at the initialisation's scale with singular values spread over the condition",
+            "number. Ours: the BCOPConv2d(256, 256, 3) kernel on 8x8, the map the 512 x 3136 dense layer",
+            "applies and its train-mode weight. Previous recipe (float32 Gram matrix and eigh): its H and",
+            "its dense factor, for comparison (not judged).",
+        ],
         "| condition number | BCOP 256 kernel | dense, applied | dense, weight | previous: H 256 "
         "| previous: dense |",
         "|---:|---:|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {r['cond']:.0e} | {r['bcop_256_kernel']:.1e} | {r['dense_applied']:.1e} "
-        f"| {r['dense_weight']:.1e} | {r['previous_recipe_H_256']:.1e} | {r['previous_recipe_dense']:.1e} |"
-        for r in rows
-    ]
-    return lines
+        [[f"{r['cond']:.0e}", *(f"{r[k]:.1e}" for k in keys)] for r in rows],
+    )
 
 
 def markdown_deployment(rows: dict) -> list[str]:
-    lines = [
-        "",
-        f"## Inference against {PLAIN} (no_grad; interleaved medians)",
-        "",
+    return markdown_table(
+        [f"## Inference against {PLAIN} (no_grad; interleaved medians)"],
         "| batch | plain ms | bcop eval, cached kernels | ratio | bcop.export(...) | ratio |",
         "|---:|---:|---:|---:|---:|---:|",
-    ]
-    lines += [
-        f"| {batch} | {r['plain_ms']:.3f} | {r['cached_ms']:.3f} | {r['cached_ratio']:.2f}x "
-        f"| {r['exported_ms']:.3f} | {r['exported_ratio']:.2f}x |"
-        for batch, r in rows.items()
-    ]
-    return lines
+        [
+            [str(batch), f"{r['plain_ms']:.3f}", f"{r['cached_ms']:.3f}", f"{r['cached_ratio']:.2f}x",
+             f"{r['exported_ms']:.3f}", f"{r['exported_ratio']:.2f}x"]
+            for batch, r in rows.items()
+        ],
+    )  # fmt: skip
+
 
 
 def worst_train_orthogonality(rows: list[dict]) -> float:
