@@ -320,7 +320,6 @@ def markdown_deployment(rows: dict) -> list[str]:
     )  # fmt: skip
 
 
-
 def worst_train_orthogonality(rows: list[dict]) -> float:
     """The largest error of OUR layers in :func:`bench_train_orthogonality` (what the exit status judges)."""
     return max(max(r["bcop_256_kernel"], r["dense_applied"], r["dense_weight"]) for r in rows)
