@@ -48,13 +48,14 @@ def _effective_dense_error(layer: OrthogonalLinear) -> float:
     return float((torch.linalg.svdvals(applied.detach().double()) - 1).abs().max())
 
 
-@pytest.mark.parametrize("cond", [1e2, 1e3, 1e4])
+@pytest.mark.parametrize("cond", [30.0, 1e2, 1e3, 1e4])
 @pytest.mark.parametrize(("channels", "k"), [(16, 3), (24, 2)])
 def test_bcop_kernel_is_orthogonal_in_train_mode_for_ill_conditioned_raw_matrices(
     channels: int, k: int, cond: float
 ) -> None:
-    """Every raw matrix (H and the projectors' U) of condition number up to 1e4: the float32
-    train-mode kernel's singular values are within 1e-4 of 1 on 8x8 inputs."""
+    """Every raw matrix (H and the projectors' U) of condition number 30 (no Newton-Schulz step)
+    up to 1e4: the float32 train-mode kernel's singular values are within 1e-4 of 1 on 8x8
+    inputs."""
     torch.manual_seed(0)
     layer = BCOPConv2d(channels, channels, k).train()
     for i, raw in enumerate(layer.parametrizations.weight.parameters()):
