@@ -1,16 +1,20 @@
-"""What the app benchmarks (and the app's tests) share: a free port, the models and the example
-they use, a checkpoints folder, starting ``python app.py`` and writing a results file."""
+"""What the benchmarks (and the app's tests) share: a free port, the models and the example
+they use, a checkpoints folder, starting ``python app.py``, timing a call and writing a results
+file. Nothing here imports ``bcop`` at module level: ``compare_trees.py`` times another
+checkout's library with it."""
 
 from __future__ import annotations
 
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -103,3 +107,15 @@ def markdown_table(title: list[str], header: str, separator: str, rows: list[lis
     blank line, then a Markdown table of ``header``, ``separator`` and one line per row of
     formatted cells."""
     return ["", *title, "", header, separator, *("| " + " | ".join(cells) + " |" for cells in rows)]
+
+
+def timed(fn: Callable[[], object], warmup: int, reps: int) -> dict[str, float]:
+    """Median and minimum wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(times), "min_ms": min(times), "reps": reps}

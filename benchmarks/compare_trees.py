@@ -30,20 +30,6 @@ HINGE_MARGIN = 2.12
 PERTURBATION = 0.1
 
 
-def _median_ms(fn, warmup: int, reps: int) -> float:
-    import statistics
-    import time
-
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
-
-
 def _perturb_(model, seed: int = 0) -> None:
     """Noise of spectral norm about PERTURBATION times each raw matrix's own."""
     import torch
@@ -61,6 +47,7 @@ def worker(threads: int) -> dict[str, float]:
     """Milliseconds per call of each measurement, in whatever ``bcop`` is on the path."""
     import torch
     import torch.nn.functional as F
+    from common import timed  # benchmarks/ (this script's folder, first on the path)
 
     from bcop.layers import BCOPConv2d
     from bcop.models import create_model
@@ -74,7 +61,7 @@ def worker(threads: int) -> dict[str, float]:
         x = torch.randn(LAYER_BATCH, channels, LAYER_SIZE, LAYER_SIZE)
         reps = 100 if channels < 128 else 20
         call = lambda layer=layer, x=x: layer(x).sum().backward()  # noqa: E731
-        out[f"layer c={channels} k={k}"] = _median_ms(call, 5, reps)
+        out[f"layer c={channels} k={k}"] = timed(call, 5, reps)["median_ms"]
     torch.manual_seed(0)
     model = create_model("bcop-large-mnist")
     _perturb_(model)
@@ -86,7 +73,7 @@ def worker(threads: int) -> dict[str, float]:
         F.multi_margin_loss(model(x), y, margin=HINGE_MARGIN).backward()
         optimizer.step()
 
-    out["bcop-large-mnist training step"] = _median_ms(step, 2, 6)
+    out["bcop-large-mnist training step"] = timed(step, 2, 6)["median_ms"]
     return out
 
 

@@ -48,7 +48,6 @@ import copy
 import datetime
 import os
 import platform
-import statistics
 import sys
 import time
 from collections import OrderedDict
@@ -65,7 +64,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bcop.factory import create_model  # noqa: E402
 from bcop.layers import BCOPConv2d, OrthogonalLinear, OrthoParams  # noqa: E402
 from bcop.orthogonal import conv_singular_values  # noqa: E402
-from benchmarks.common import write_results  # noqa: E402
+from benchmarks.common import timed, write_results  # noqa: E402
 from benchmarks.step_cost import (  # noqa: E402
     PLAIN,
     bench_deployment,
@@ -288,18 +287,6 @@ def reference_network(ours: nn.Sequential, dense_gram: str = "larger") -> nn.Seq
 # ----------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------
-
-
-def timed(fn: Callable[[], object], warmup: int, reps: int) -> dict[str, float]:
-    """Median and minimum wall time of ``fn()`` in milliseconds, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "reps": reps}
 
 
 @torch.no_grad()
