@@ -472,6 +472,40 @@ def _wire_attack(actions: Actions, w: _Widgets) -> gr.events.Dependency:
     return running
 
 
+@dataclass
+class _Latest:
+    """One visitor's newest choices, kept on the server (a ``gr.State`` is one object per
+    session, handed to every handler by reference): the models last ticked and the number of the
+    newest results update begun (Note [the last input wins])."""
+
+    models: list[str]
+    begun: int = 0
+
+
+def _remember(models: list[str], latest: _Latest) -> None:
+    """A new choice of models, noted at once (before any queued update starts)."""
+    latest.models = list(models or [])
+
+
+def _newest(handler: Any, models_at: int, outputs: int, chooses: bool = False) -> Any:
+    """``handler`` with one more input, the visitor's :class:`_Latest`: it certifies with the
+    models last chosen (or, if it ``chooses``, notes its own argument ``models_at`` as the
+    choice) and changes nothing when a newer update began while it ran."""
+
+    def run(*args: Any) -> tuple[Any, ...]:
+        *args, latest = args
+        latest.begun += 1
+        mine = latest.begun
+        if chooses:
+            _remember(args[models_at], latest)
+        else:
+            args[models_at] = latest.models
+        out = handler(*args)
+        return out if latest.begun == mine else (gr.skip(),) * outputs
+
+    return run
+
+
 def _wire_inputs(actions: Actions, w: _Widgets, following: list[Component], running: Any) -> None:
     """A new input (a stroke or Clear, an upload or its removal, an example) and a new choice of
     models update the results; only the visitor's own actions trigger these, not the values the
@@ -483,31 +517,46 @@ def _wire_inputs(actions: Actions, w: _Widgets, following: list[Component], runn
     stroke then finds that the visitor has moved to the Upload tab (``source``, set at once on
     every tab change and example click) and changes nothing. The Draw tab is the only place to
     draw, so its selection cancels the updates for uploads instead of the stroke.
+
+    Cancelling is not enough under load: an update dispatched before a new choice of models
+    (a stroke's second event, held back by ``always_last``) carries the old choice and may
+    finish after the newer update. So every update certifies with the models last chosen, kept
+    on the server (:class:`_Latest`, noted by a quick handler at once), and one that finds a
+    newer update begun since it started changes nothing (:func:`_newest`). A stroke and a new
+    choice of models therefore need not cancel each other's updates, and do not: a cancelled
+    update could take with it the stroke's second event that ``always_last`` held back behind
+    it, and leave the results of neither on show.
     """
     i, models = w.inputs, w.models
+    latest = gr.State(_Latest(list(models.value or [])))
     changed = {"trigger_mode": "always_last", "show_progress": "hidden", **PRIVATE, **FAST}
     quick = {"queue": False, **PRIVATE}
+    sketch_out, upload_out = [i.upload, *following], [i.sketch, i.upload, *following]
     by_sketch = i.sketch.input(
-        actions.from_sketch, [i.sketch, models, i.source], [i.upload, *following], **changed
-    )
-    upload_out = [i.sketch, i.upload, *following]
-    by_upload = i.upload.upload(actions.from_upload, [i.upload, models], upload_out, **changed)
-    by_clear = i.upload.clear(actions.from_upload, [i.upload, models], upload_out, **changed)
+        _newest(actions.from_sketch, 1, len(sketch_out)), [i.sketch, models, i.source, latest], sketch_out,
+        **changed,
+    )  # fmt: skip
+    from_upload = _newest(actions.from_upload, 1, len(upload_out))
+    by_upload = i.upload.upload(from_upload, [i.upload, models, latest], upload_out, **changed)
+    by_clear = i.upload.clear(from_upload, [i.upload, models, latest], upload_out, **changed)
     by_example = i.examples.click(
         lambda: ("upload", gr.Tabs(selected="upload")),
         None,
         [i.source, i.tabs],
         cancels=[running, by_sketch, by_upload, by_clear],
         **quick,
-    ).then(actions.from_example, [i.examples, models], [i.sketch, i.upload, *following], **changed)
+    ).then(
+        _newest(actions.from_example, 1, len(upload_out)), [i.examples, models, latest], upload_out, **changed
+    )
     uploads = [by_upload, by_clear, by_example]
+    models.input(_remember, [models, latest], None, **quick)
     by_models = models.input(
-        actions.from_models, [i.sketch, i.upload, models], following, cancels=[running, by_sketch, *uploads],
-        **changed,
+        _newest(actions.from_models, 2, len(following), chooses=True), [i.sketch, i.upload, models, latest],
+        following, cancels=[running], **changed,
     )  # fmt: skip
     for trigger in (i.upload.upload, i.upload.clear):
         trigger(None, cancels=[running, by_sketch, by_example, by_models], **quick)
-    i.sketch.input(None, cancels=[running, by_models], **quick)
+    i.sketch.input(None, cancels=[running], **quick)
     i.draw_tab.select(lambda: "draw", None, [i.source], cancels=uploads, **quick)
     i.upload_tab.select(lambda: "upload", None, [i.source], **quick)
 

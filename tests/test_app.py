@@ -366,6 +366,26 @@ def test_results_follow_the_input_and_clearing_it_clears_them(store: ModelStore,
     )
 
 
+def test_an_update_overtaken_by_a_newer_one_changes_nothing_and_uses_the_newest_models() -> None:
+    """Note [the last input wins]: an update certifies with the models last chosen, not those
+    its event carried, and one that a newer update began during changes nothing."""
+    latest = certify_tab._Latest(["a", "b"])
+    seen: list[list[str]] = []
+
+    def certify(image: str, models: list[str]) -> tuple[str, ...]:
+        seen.append(models)
+        if image == "first":  # a newer choice and its update arrive while this one runs
+            certify_tab._remember(["a"], latest)
+            assert from_models("second", ["a"], latest) == ("second", "a")
+        return image, ",".join(models)
+
+    from_sketch = certify_tab._newest(certify, 1, 2)
+    from_models = certify_tab._newest(certify, 1, 2, chooses=True)
+    assert from_sketch("first", ["a", "b"], latest) == (gr.skip(), gr.skip()), "overtaken: no change"
+    assert from_sketch("third", ["a", "b"], latest) == ("third", "a"), "the old choice it carried is ignored"
+    assert seen == [["a", "b"], ["a"], ["a"]]
+
+
 def test_an_example_arrives_with_its_own_results(store: ModelStore) -> None:
     actions = certify_tab.Actions(store)
     index = certify_tab.EXAMPLES.index(OTHER_EXAMPLE)
