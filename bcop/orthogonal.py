@@ -603,6 +603,12 @@ def conv2d_same(
     return F.conv2d(padded, weight, bias)
 
 
+FACTOR_ROUTE_MIN_CHANNELS = 128
+"""From this many channels :func:`bcop_kernel` composes the first block with ``H`` through the
+projectors' (c, r) factors (half the products); below, it forms every projector in one batched
+product, fewer operations, which is what a small layer's time goes to."""
+
+
 def bcop_kernel(
     ortho: torch.Tensor,
     projectors: torch.Tensor | None,
@@ -628,23 +634,32 @@ def bcop_kernel(
     Returns:
         (out_channels, in_channels, k, k) kernel.
     """
-    c = ortho.shape[-1]
-    if kernel_size == 1:
+    c, k = ortho.shape[-1], kernel_size
+    if k == 1:
         return ortho[:out_channels, :in_channels, None, None]
     if projectors is None:
-        projectors = ortho.new_zeros(2 * (kernel_size - 1), c, 0)  # rank 0: P = U U^T = 0
-    width, height = projectors[: kernel_size - 1], projectors[kernel_size - 1 :]
-    kernel = _first_block(ortho, width[0], height[0])
-    if kernel_size > 2:
-        eye = torch.eye(c, dtype=ortho.dtype, device=ortho.device)
-        p, q = width[1:] @ width[1:].mT, height[1:] @ height[1:].mT
-        # block[t][:, :, a, b] = Q_t^(a) P_t^(b) with Q^(0) = Q, Q^(1) = I - Q (likewise P): the
-        # 1x2 kernel, then the 2x1 kernel. All four products follow from the single product QP.
-        qp = q @ p
-        blocks = torch.stack((qp, q - qp, p - qp, eye - q - p + qp), dim=-1).unflatten(-1, (2, 2))
-        for block in blocks:
-            kernel = compose_kernels(kernel, block)
+        projectors = ortho.new_zeros(2 * (k - 1), c, 0)  # rank 0: P = U U^T = 0
+    if c < FACTOR_ROUTE_MIN_CHANNELS:
+        proj = projectors @ projectors.mT
+        blocks = _block_kernels(proj[: k - 1], proj[k - 1 :])
+        # H is a 1x1 kernel: composing the first block with it is a product per tap
+        kernel, rest = torch.einsum("mpab,pq->mqab", blocks[0], ortho), blocks[1:]
+    else:
+        width, height = projectors[: k - 1], projectors[k - 1 :]
+        kernel = _first_block(ortho, width[0], height[0])
+        rest = _block_kernels(width[1:] @ width[1:].mT, height[1:] @ height[1:].mT)
+    for block in rest:
+        kernel = compose_kernels(kernel, block)
     return kernel[:out_channels, :in_channels]
+
+
+def _block_kernels(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The 2x2 block kernels of width projectors ``p`` and height projectors ``q``, (n, c, c):
+    ``block[t][:, :, a, b] = Q_t^(a) P_t^(b)`` with ``Q^(0) = Q``, ``Q^(1) = I - Q`` (likewise
+    ``P``), the 1x2 kernel then the 2x1 kernel; all four taps follow from the one product QP."""
+    eye = torch.eye(p.shape[-1], dtype=p.dtype, device=p.device)
+    qp = q @ p
+    return torch.stack((qp, q - qp, p - qp, eye - q - p + qp), dim=-1).unflatten(-1, (2, 2))
 
 
 def _first_block(ortho: torch.Tensor, u_width: torch.Tensor, u_height: torch.Tensor) -> torch.Tensor:

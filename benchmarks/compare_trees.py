@@ -1,13 +1,16 @@
 """The layer benchmark of two checkouts side by side: has a change made BCOP slower?
 
-``python benchmarks/compare_trees.py --base PATH`` times, in this checkout and in the one at
-``PATH`` (e.g. ``git worktree add ../base v0.2.0``), one ``BCOPConv2d`` forward + backward at
+``python benchmarks/compare_trees.py --base PATH`` times one ``BCOPConv2d`` forward + backward at
 the configurations of ``layers.py``'s first section (batch 32, 8x8 input, in = out channels,
-raw matrices perturbed off orthogonal by noise of 0.1 times their spectral norm) and one
-training step of ``bcop-large-mnist`` (batch 128, Adam, multi-margin hinge). Each tree is timed
-in its own process, the trees taking turns for ``--rounds`` rounds, so a load that comes and
-goes reaches both; a figure is the smallest of a tree's per-round medians. The worker uses only
-what every version of the library has (``bcop.layers.BCOPConv2d``, ``bcop.models.create_model``).
+raw matrices perturbed off orthogonal by noise of 0.1 times their spectral norm) and one training
+step of ``bcop-large-mnist`` (batch 128, Adam, multi-margin hinge), in this checkout and in the
+one at ``PATH`` (e.g. ``git worktree add ../base v0.2.0``).
+
+Both libraries run in one process, taking turns call by call, so a load that comes and goes
+slows both alike: the other checkout's ``bcop`` package is copied to a temporary folder as
+``bcop_base``, its imports of ``bcop`` rewritten. A figure is each side's median over its own
+calls. Only what every version of the library has is used (``bcop.layers.BCOPConv2d``,
+``bcop.models.create_model``).
 
 Writes ``results/compare_trees.{json,md}`` (``--out``) and prints the Markdown; a row whose
 ratio exceeds ``--tolerance`` (default 1.10) is marked.
@@ -16,24 +19,46 @@ ratio exceeds ``--tolerance`` (default 1.10) is marked.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
-import os
-import subprocess
+import re
+import shutil
+import statistics
 import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
+
+import torch
+import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import markdown_table  # noqa: E402
 
 LAYER_CONFIGS = [(16, 3), (32, 3), (64, 3), (128, 3), (256, 3), (32, 5), (64, 5)]
 LAYER_BATCH, LAYER_SIZE, TRAIN_BATCH = 32, 8, 128
 HINGE_MARGIN = 2.12
 PERTURBATION = 0.1
+_IMPORT = re.compile(r"^(\s*)(from|import) bcop(?=[\s.])", re.MULTILINE)
 
 
-def _perturb_(model, seed: int = 0) -> None:
+def load_base(tree: Path, into: Path) -> ModuleType:
+    """``tree``'s ``bcop`` package, imported as ``bcop_base`` from a copy under ``into``."""
+    package = into / "bcop_base"
+    shutil.copytree(tree / "bcop", package, ignore=shutil.ignore_patterns("__pycache__"))
+    for source in package.rglob("*.py"):
+        source.write_text(_IMPORT.sub(r"\1\2 bcop_base", source.read_text()))
+    sys.path.insert(0, str(into))
+    return importlib.import_module("bcop_base")
+
+
+def perturb_(model: torch.nn.Module, seed: int = 0) -> None:
     """Noise of spectral norm about PERTURBATION times each raw matrix's own."""
-    import torch
-
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -43,81 +68,70 @@ def _perturb_(model, seed: int = 0) -> None:
                 param.add_(noise * PERTURBATION * own)
 
 
-def worker(threads: int) -> dict[str, float]:
-    """Milliseconds per call of each measurement, in whatever ``bcop`` is on the path."""
-    import torch
-    import torch.nn.functional as F
-    from common import timed  # benchmarks/ (this script's folder, first on the path)
+def interleaved(calls: dict[str, Callable[[], object]], warmup: int, reps: int) -> dict[str, float]:
+    """Median milliseconds of each call, the calls taking turns (the order alternating)."""
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls.items())
+    for i in range(warmup + reps):
+        for name, call in order if i % 2 else order[::-1]:
+            start = time.perf_counter()
+            call()
+            if i >= warmup:
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
 
-    from bcop.layers import BCOPConv2d
-    from bcop.models import create_model
 
-    torch.set_num_threads(threads)
-    out: dict[str, float] = {}
-    for channels, k in LAYER_CONFIGS:
-        torch.manual_seed(0)
-        layer = BCOPConv2d(channels, channels, k)
-        _perturb_(layer)
-        x = torch.randn(LAYER_BATCH, channels, LAYER_SIZE, LAYER_SIZE)
-        reps = 100 if channels < 128 else 20
-        call = lambda layer=layer, x=x: layer(x).sum().backward()  # noqa: E731
-        out[f"layer c={channels} k={k}"] = timed(call, 5, reps)["median_ms"]
+def _layer_call(package: str, channels: int, k: int, x: torch.Tensor) -> Callable[[], object]:
     torch.manual_seed(0)
-    model = create_model("bcop-large-mnist")
-    _perturb_(model)
+    layer = importlib.import_module(f"{package}.layers").BCOPConv2d(channels, channels, k)
+    perturb_(layer)
+    return lambda: layer(x).sum().backward()
+
+
+def _step_call(package: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    torch.manual_seed(0)
+    with warnings.catch_warnings():  # a newer tree points bcop.models.create_model elsewhere
+        warnings.simplefilter("ignore", DeprecationWarning)
+        model = importlib.import_module(f"{package}.models").create_model("bcop-large-mnist")
+    perturb_(model)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    x, y = torch.rand(TRAIN_BATCH, 1, 28, 28), torch.randint(0, 10, (TRAIN_BATCH,))
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
         F.multi_margin_loss(model(x), y, margin=HINGE_MARGIN).backward()
         optimizer.step()
 
-    out["bcop-large-mnist training step"] = timed(step, 2, 6)["median_ms"]
-    return out
+    return step
 
 
-def run_worker(tree: Path, threads: int) -> dict[str, float]:
-    """One worker process on ``tree``'s library (its root first on the path)."""
-    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": str(threads)}
-    command = [sys.executable, str(Path(__file__).resolve()), "--worker", "--threads", str(threads)]
-    done = subprocess.run(command, cwd=tree, env=env, capture_output=True, text=True, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def compare(base: Path, rounds: int, threads: int) -> dict:
-    """Both trees, taking turns; the smallest per-round median of each measurement."""
-    runs: dict[str, list[dict[str, float]]] = {"base": [], "this": []}
-    for index in range(rounds):
-        for side, tree in (("base", base), ("this", ROOT)):
-            runs[side].append(run_worker(tree, threads))
-            print(f"  round {index + 1}/{rounds}: {side} done", flush=True)
-    best = {side: {key: min(run[key] for run in done) for key in done[0]} for side, done in runs.items()}
-    rows = [
-        {"measurement": key, "base_ms": base, "this_ms": best["this"][key], "ratio": best["this"][key] / base}
-        for key, base in best["base"].items()
-    ]
-    return {"base": str(base), "this": str(ROOT), "rounds": rounds, "threads": threads, "rows": rows}
+def compare(reps: int) -> list[dict]:
+    """Each measurement of ``bcop_base`` and ``bcop``, interleaved."""
+    rows = []
+    for channels, k in LAYER_CONFIGS:
+        x = torch.randn(LAYER_BATCH, channels, LAYER_SIZE, LAYER_SIZE)
+        calls = {side: _layer_call(side, channels, k, x) for side in ("bcop_base", "bcop")}
+        n = reps if channels < 128 else max(reps // 5, 10)
+        rows.append({"measurement": f"layer c={channels} k={k}", **interleaved(calls, 10, n)})
+        print(f"  {rows[-1]['measurement']} done", flush=True)
+    x, y = torch.rand(TRAIN_BATCH, 1, 28, 28), torch.randint(0, 10, (TRAIN_BATCH,))
+    calls = {side: _step_call(side, x, y) for side in ("bcop_base", "bcop")}
+    step = interleaved(calls, 2, max(reps // 30, 6))
+    rows.append({"measurement": "bcop-large-mnist training step", **step})
+    return [{"measurement": r["measurement"], "base_ms": r["bcop_base"], "this_ms": r["bcop"],
+             "ratio": r["bcop"] / r["bcop_base"]} for r in rows]  # fmt: skip
 
 
 def markdown(results: dict, tolerance: float) -> str:
     """The comparison as a titled Markdown table."""
-    from benchmarks.common import markdown_table
-
     body = [
-        [
-            r["measurement"],
-            f"{r['base_ms']:.2f}",
-            f"{r['this_ms']:.2f}",
-            f"{r['ratio']:.2f}",
-            "over" if r["ratio"] > tolerance else "",
-        ]
+        [r["measurement"], f"{r['base_ms']:.2f}", f"{r['this_ms']:.2f}", f"{r['ratio']:.3f}",
+         "over" if r["ratio"] > tolerance else ""]
         for r in results["rows"]
-    ]
+    ]  # fmt: skip
     title = [
         "## This tree against another checkout",
-        f"Base `{results['base']}`, {results['threads']} thread(s), best of {results['rounds']} "
-        f"interleaved rounds; a ratio over {tolerance:.2f} is marked.",
+        f"Base `{results['base']}`, {results['threads']} thread(s), calls interleaved, "
+        f"{results['reps']} per side and layer; a ratio over {tolerance:.2f} is marked.",
     ]
     header = "| measurement | base ms | this ms | this / base | |"
     return "\n".join(markdown_table(title, header, "|---|---:|---:|---:|---|", body)).lstrip() + "\n"
@@ -125,20 +139,19 @@ def markdown(results: dict, tolerance: float) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--base", type=Path, help="the other checkout's root")
-    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--base", type=Path, required=True, help="the other checkout's root")
+    parser.add_argument("--reps", type=int, default=300, help="timed calls per side (fewer for big layers)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tolerance", type=float, default=1.10)
     parser.add_argument("--out", default=str(ROOT / "results" / "compare_trees"))
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(args.threads)))
-        return 0
-    if args.base is None or not (args.base / "bcop" / "__init__.py").is_file():
+    if not (args.base / "bcop" / "__init__.py").is_file():
         parser.error("--base must name a checkout of this project (a folder with bcop/)")
-    sys.path.insert(0, str(ROOT))  # after the workers: they import the library of their own tree
-    results = compare(args.base.resolve(), args.rounds, args.threads)
+    torch.set_num_threads(args.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        load_base(args.base.resolve(), Path(tmp))
+        rows = compare(args.reps)
+    results = {"base": str(args.base), "threads": args.threads, "reps": args.reps, "rows": rows}
     text = markdown(results, args.tolerance)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

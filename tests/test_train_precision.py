@@ -110,3 +110,22 @@ def test_polar_linear_has_the_value_and_gradient_of_the_formed_polar_weight(
         results.append([out.detach(), *(t.grad for t in leaves)])
     for got, expected in zip(*results, strict=True):
         torch.testing.assert_close(got, expected, rtol=1e-8, atol=1e-9)
+
+
+@pytest.mark.parametrize("k", [2, 3])
+def test_both_routes_of_bcop_kernel_build_the_same_kernel(monkeypatch: pytest.MonkeyPatch, k: int) -> None:
+    """Below FACTOR_ROUTE_MIN_CHANNELS every projector is formed; from it the first block goes
+    through the projectors' factors: the same kernel and the same gradient, to rounding."""
+    import bcop.orthogonal as orthogonal
+
+    gen = torch.Generator().manual_seed(0)
+    ortho = torch.linalg.qr(torch.randn(12, 12, generator=gen, dtype=torch.float64)).Q.requires_grad_()
+    proj = torch.linalg.qr(torch.randn(2 * (k - 1), 12, 5, generator=gen, dtype=torch.float64)).Q
+    proj.requires_grad_()
+    results = []
+    for threshold in (10**6, 1):  # formed projectors, then the factor route
+        monkeypatch.setattr(orthogonal, "FACTOR_ROUTE_MIN_CHANNELS", threshold)
+        kernel = orthogonal.bcop_kernel(ortho, proj, k, 10, 12)
+        results.append((kernel, *torch.autograd.grad((kernel * kernel.detach().sin()).sum(), (ortho, proj))))
+    for formed, factored in zip(*results, strict=True):
+        torch.testing.assert_close(formed, factored, rtol=1e-12, atol=1e-12)
