@@ -33,17 +33,16 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import markdown_table  # noqa: E402
+from benchmarks.layers import perturb_  # noqa: E402
+from benchmarks.step_cost import train_step_fn  # noqa: E402
 
 LAYER_CONFIGS = [(16, 3), (32, 3), (64, 3), (128, 3), (256, 3), (32, 5), (64, 5)]
 LAYER_BATCH, LAYER_SIZE, TRAIN_BATCH = 32, 8, 128
-HINGE_MARGIN = 2.12
-PERTURBATION = 0.1
 _IMPORT = re.compile(r"^(\s*)(from|import) bcop(?=[\s.])", re.MULTILINE)
 
 
@@ -55,17 +54,6 @@ def load_base(tree: Path, into: Path) -> ModuleType:
         source.write_text(_IMPORT.sub(r"\1\2 bcop_base", source.read_text()))
     sys.path.insert(0, str(into))
     return importlib.import_module("bcop_base")
-
-
-def perturb_(model: torch.nn.Module, seed: int = 0) -> None:
-    """Noise of spectral norm about PERTURBATION times each raw matrix's own."""
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if ".original" in name:
-                own = torch.linalg.matrix_norm(param, ord=2)[..., None, None]
-                noise = torch.randn(param.shape, generator=gen) / max(param.shape[-2:]) ** 0.5
-                param.add_(noise * PERTURBATION * own)
 
 
 def interleaved(calls: dict[str, Callable[[], object]], warmup: int, reps: int) -> dict[str, float]:
@@ -94,14 +82,7 @@ def _step_call(package: str, x: torch.Tensor, y: torch.Tensor) -> Callable[[], N
         warnings.simplefilter("ignore", DeprecationWarning)
         model = importlib.import_module(f"{package}.models").create_model("bcop-large-mnist")
     perturb_(model)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def step() -> None:
-        optimizer.zero_grad(set_to_none=True)
-        F.multi_margin_loss(model(x), y, margin=HINGE_MARGIN).backward()
-        optimizer.step()
-
-    return step
+    return train_step_fn(model, x, y)
 
 
 def compare(reps: int) -> list[dict]:
