@@ -23,10 +23,8 @@ import importlib
 import json
 import re
 import shutil
-import statistics
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -39,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import markdown_table  # noqa: E402
 from benchmarks.layers import perturb_  # noqa: E402
-from benchmarks.step_cost import train_step_fn  # noqa: E402
+from benchmarks.step_cost import interleaved, train_step_fn  # noqa: E402
 
 LAYER_CONFIGS = [(16, 3), (32, 3), (64, 3), (128, 3), (256, 3), (32, 5), (64, 5)]
 LAYER_BATCH, LAYER_SIZE, TRAIN_BATCH = 32, 8, 128
@@ -54,19 +52,6 @@ def load_base(tree: Path, into: Path) -> ModuleType:
         source.write_text(_IMPORT.sub(r"\1\2 bcop_base", source.read_text()))
     sys.path.insert(0, str(into))
     return importlib.import_module("bcop_base")
-
-
-def interleaved(calls: dict[str, Callable[[], object]], warmup: int, reps: int) -> dict[str, float]:
-    """Median milliseconds of each call, the calls taking turns (the order alternating)."""
-    times: dict[str, list[float]] = {name: [] for name in calls}
-    order = list(calls.items())
-    for i in range(warmup + reps):
-        for name, call in order if i % 2 else order[::-1]:
-            start = time.perf_counter()
-            call()
-            if i >= warmup:
-                times[name].append((time.perf_counter() - start) * 1e3)
-    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def _layer_call(package: str, channels: int, k: int, x: torch.Tensor) -> Callable[[], object]:
