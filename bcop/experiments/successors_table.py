@@ -131,18 +131,18 @@ NOTES = (
 )
 
 
-def write_section(page: str | Path, table: str, where: str) -> None:
-    """Replace the :data:`SECTION` section of ``page`` (up to the next ``## `` heading) with the
-    table and its notes; appended at the end when the page has none."""
+def write_section(page: str | Path, heading: str, body: str) -> None:
+    """Replace the section ``heading`` (e.g. ``"## Results"``) of ``page``, up to the next
+    ``## `` heading, with ``body``; appended at the end when the page has no such section."""
     page = Path(page)
     text = page.read_text() if page.is_file() else ""
-    body = f"{SECTION}\n\n{NOTES.format(where=where)}\n\n{table}\n"
-    if SECTION + "\n" not in text:
-        page.write_text(text.rstrip("\n") + "\n\n" + body)
+    section = f"{heading}\n\n{body.strip()}\n"
+    if heading + "\n" not in text:
+        page.write_text(text.rstrip("\n") + "\n\n" + section)
         return
-    before, rest = text.split(SECTION + "\n", 1)
+    before, rest = text.split(heading + "\n", 1)
     after = rest[rest.index("\n## ") + 1 :] if "\n## " in rest else ""
-    page.write_text(before + body + ("\n" + after if after else ""))
+    page.write_text(before + section + ("\n" + after if after else ""))
 
 
 def main(root: str | Path = "checkpoints", page: str | Path | None = "docs/successors.md") -> str:
@@ -150,6 +150,6 @@ def main(root: str | Path = "checkpoints", page: str | Path | None = "docs/succe
     table = render(table_rows(root))
     where = f"{torch.get_num_threads()} CPU thread(s), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     if page is not None:
-        write_section(page, table, where)
+        write_section(page, SECTION, f"{NOTES.format(where=where)}\n\n{table}")
     print(table)
     return table
