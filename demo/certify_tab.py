@@ -393,7 +393,9 @@ def _results(start: dict[str, Any]) -> tuple[list[Component], list[Component], g
 def _controls(store: ModelStore, start: dict[str, Any]) -> tuple[Component, ...]:
     """The models to use, Certify, and the attack's radius, button and status."""
     models = validated(
-        gr.CheckboxGroup(store.choices(), value=store.defaults(), label="Models", info=MODELS_INFO)
+        gr.CheckboxGroup(
+            store.choices(), value=store.defaults(), label="Models", info=MODELS_INFO, elem_id="model-choice"
+        )
     )
     certify_btn = gr.Button("Certify", variant="primary")
     preprocess_btn = gr.Button("Preprocess", visible=False)  # API endpoint only

@@ -8,7 +8,8 @@ training's Stop. Then what a visitor must always see: an unreadable upload after
 refused with the API's message (no traceback in the log), an example picked just after a
 stroke shown with its own results, the first result on the first screen at 1400x1000 and
 1024x768 with tables that read whole, the Wasserstein tab's note to a waiting visitor and its
-Stop, and a model unticked while a stroke is certified staying out of the results.
+Stop, a model unticked while a stroke is certified staying out of the results, and a later
+family's model ticked and certified beside the paper's.
 
 Needs Debian's ``chromium`` at /usr/bin/chromium (skipped without it, except under CI, where
 ``.ci/run`` installs it and its absence is a failure). The app runs in this process on 127.0.0.1
@@ -41,6 +42,7 @@ CHROMIUM_ARGS = [
     "--no-first-run",
 ]
 TIMEOUT_MS = 60_000
+SUCCESSOR = "aol-small-mnist"  # a later family, offered after MODELS and not ticked by default
 
 pytestmark = pytest.mark.skipif(
     not os.environ.get("CI") and not CHROMIUM.is_file(),
@@ -50,7 +52,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    checkpoints = make_checkpoints(tmp_path_factory.mktemp("checkpoints"), MODELS)
+    checkpoints = make_checkpoints(tmp_path_factory.mktemp("checkpoints"), [*MODELS, SUCCESSOR])
     with served(checkpoints, unreachable_hub_owner="someone") as app:  # the longest "loaded from"
         yield app.local_url
 
@@ -262,9 +264,7 @@ def test_the_first_result_is_on_the_first_screen_and_tables_read_whole(
                 """spans => spans.filter(s => s.getBoundingClientRect().height
                     > 2 * parseFloat(getComputedStyle(s).fontSize)).map(s => s.innerText)"""
             )
-            assert broken == [], (
-                f"{width}x{height}: headers broken over lines: {broken}"
-            )
+            assert broken == [], f"{width}x{height}: headers broken over lines: {broken}"
             page.get_by_role("tab", name="Models").click()
             page.locator("#models-table table").wait_for()
             spilled = page.locator("#models-table td").evaluate_all(
@@ -304,8 +304,6 @@ def test_wasserstein_tells_a_second_visitor_how_long_the_run_has_left_and_stop_s
         second.close()
 
 
-
-
 def test_a_model_unticked_during_a_strokes_update_stays_unticked_in_the_results(page: sync_api.Page) -> None:
     """Note [the last input wins]: the stroke's update, under way when a model is unticked,
     neither undoes the new choice nor shows its old one later."""
@@ -318,3 +316,18 @@ def test_a_model_unticked_during_a_strokes_update_stays_unticked_in_the_results(
     page.wait_for_timeout(3000)  # a late update of the stroke would land within this
     text = summary(page)
     assert MODELS[-1] not in text and text.count("certified radius") == len(MODELS) - 1, text
+
+
+def test_a_later_familys_model_is_offered_after_the_papers_and_certifies_when_ticked(
+    page: sync_api.Page,
+) -> None:
+    labels = page.locator("#model-choice label").all_inner_texts()
+    assert labels[-1].strip() == f"{SUCCESSOR} (later family)", labels
+    assert SUCCESSOR not in summary(page), "the default selection is the paper's models"
+    old = summary(page)
+    page.get_by_label(f"{SUCCESSOR} (later family)", exact=True).check()
+    text = wait_for_new_summary(page, old)
+    assert text.count("certified radius") == len(MODELS) + 1 and SUCCESSOR in text, text
+    line = next(line for line in text.splitlines() if line.startswith(SUCCESSOR))
+    bound = re.search(r"certified radius \d+\.\d+ \(Lipschitz bound ([\d.e+-]+)\)", line)
+    assert bound and 0 < float(bound.group(1)) <= 1.0001, line  # AOL: 1-Lipschitz by its theorem
