@@ -32,6 +32,12 @@ TABLE_CRITICS = (
     "ossn-small-mnist",
     "svcm-small-mnist",
     "bcop-small-mnist-relu",
+    # BCOP's successors (bcop.models.SUCCESSORS), each with its family's default activation
+    "cayley-small-mnist",
+    "soc-small-mnist",
+    "aol-small-mnist",
+    "sll-small-mnist",
+    "aoc-small-mnist",
 )
 
 
