@@ -28,7 +28,7 @@ from bcop.certify import layer_input_shapes
 from bcop.layers.parametrization import frozen_weights
 from bcop.orthogonal import conv_singular_values
 
-__all__ = ["LayerSpectrum", "conv_spectra", "LayerJacobian", "jacobian_spectra"]
+__all__ = ["LayerSpectrum", "conv_spectra", "LayerJacobian", "jacobian_spectra", "shrinking_layers"]
 
 
 @dataclass
@@ -149,3 +149,31 @@ def jacobian_spectra(
     ]
     result.append(LayerJacobian("output", None, torch.ones(k)))
     return result
+
+
+def shrinking_layers(jacobian: Sequence[LayerJacobian], rtol: float = 0.01) -> list[tuple[str, float, float]]:
+    """The layers that shrink every gradient although they do not add channels.
+
+    For each reported layer that keeps or reduces the channel count, the largest singular value
+    at its input is compared with the largest at the next reported layer's input: smaller by more
+    than ``rtol`` (relative) means that even the best-kept output direction loses norm on the way
+    back through this layer (and what follows it up to the next reported one), so the segment is
+    not gradient-norm-preserving. Layers that add channels are left out: they cannot keep every
+    gradient's norm (Note [Channel-expanding layers]).
+
+    Args:
+        jacobian: :func:`jacobian_spectra`'s result, input side first.
+        rtol: relative drop counted (float rounding of a preserving network is ~1e-6).
+
+    Returns:
+        (name, largest value at the next layer's input, largest value at this layer's input),
+        input side first.
+    """
+    found = []
+    for layer, after in zip(jacobian[:-1], jacobian[1:], strict=True):
+        if layer.adds_channels:
+            continue
+        top, top_after = float(layer.singular_values.max()), float(after.singular_values.max())
+        if top < (1 - rtol) * top_after:
+            found.append((layer.name, top_after, top))
+    return found

@@ -19,7 +19,7 @@ from bcop.gradnorm import LayerGradNorm
 from bcop.live import TrainingSnapshot
 from bcop.models import parse_model_name
 from bcop.report import SEARCH_MAX_EPS, ImageAttack, ImageCertificate
-from bcop.spectra import LayerJacobian, LayerSpectrum
+from bcop.spectra import LayerJacobian, LayerSpectrum, shrinking_layers
 from bcop.wasserstein import EstimateSnapshot
 from demo.inputs import as_image
 
@@ -35,6 +35,17 @@ MODEL_COLORS = {
     "svcm-small-mnist": "#e377c2",
     "plain-small-mnist": "#7f7f7f",
     "bcop-small-mnist-relu": "#393b79",
+    # the later families, Large then Small (a hashed spare colour could match BCOP's blue)
+    "cayley-large-mnist": "#e6550d",
+    "soc-large-mnist": "#637939",
+    "aol-large-mnist": "#7b4173",
+    "sll-large-mnist": "#8c6d31",
+    "aoc-large-mnist": "#843c39",
+    "cayley-small-mnist": "#fd8d3c",
+    "soc-small-mnist": "#b5cf6b",
+    "aol-small-mnist": "#ce6dbd",
+    "sll-small-mnist": "#e7ba52",
+    "aoc-small-mnist": "#ad494a",
 }
 _SPARE_COLORS = ("#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#e6550d")
 # Darker than every model's colour, so that a marker never reads as a model (ossn is green, plain red).
@@ -252,8 +263,36 @@ def gradnorm_figure(rows: Sequence[tuple[str, list[LayerGradNorm], list[LayerJac
         title_text="singular value of ∂ logits / ∂ layer input", row=1, col=2, **log_axis(values)
     )
     fig.update_xaxes(title_text="input of layer (channels in → out), input → output")
-    fig.update_layout(height=520, legend={"orientation": "h", "y": -0.45}, margin={"t": 60})
+    shrinking = shrinking_note(rows)
+    lines = shrinking.count("<br>") + 1 if shrinking else 0
+    if shrinking:  # above the subplot titles, which sit just above the plots
+        fig.add_annotation(
+            text=shrinking, xref="paper", yref="paper", x=0, y=1.08, xanchor="left", yanchor="bottom",
+            showarrow=False, align="left",
+        )  # fmt: skip
+    top = 60 + 18 * lines
+    fig.update_layout(height=460 + top, legend={"orientation": "h", "y": -0.45}, margin={"t": top})
     return fig
+
+
+def shrinking_note(rows: Sequence[tuple[str, list[LayerGradNorm], list[LayerJacobian]]]) -> str:
+    """The chart's caption when a band's top drops at a layer that does not add channels
+    (:func:`bcop.spectra.shrinking_layers`): which models, where, by how much; empty otherwise."""
+    found = []
+    for name, _, jacobian in rows:
+        drops = [
+            f"{layer} ({after:.3f} → {before:.3f})" for layer, after, before in shrinking_layers(jacobian)
+        ]
+        if drops:
+            found.append(f"{name}: " + ", ".join(drops))
+    if not found:
+        return ""
+    return "<br>".join([
+        "<b>Gradient attenuation</b>: the band's top drops at a layer that does not add channels",
+        *found,
+        "Such a layer shrinks every gradient passing back through it: it does not preserve gradient "
+        "norm, which BCOP's orthogonal layers were built to do.",
+    ])  # fmt: skip
 
 
 def training_figure(snapshot: TrainingSnapshot) -> go.Figure:

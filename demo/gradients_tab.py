@@ -56,7 +56,8 @@ INTRO = (
     "*adds*): it maps a smaller space into a larger one, so its transpose, which "
     "back-propagation applies, must drop the part of the gradient outside its range, and the "
     "band falls below 1 there. So on a given image the left curve can end lower for BCOP than "
-    "for another network."
+    "for another network. Where a band's top drops at a layer that does not add channels, that "
+    "layer shrinks every gradient, and the chart names the model and the layer."
 )
 LIVE_INTRO = (
     "### Live: train from scratch, side by side\n"

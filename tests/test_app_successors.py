@@ -75,3 +75,19 @@ def test_models_tab_and_gradient_tab_take_successors(store: ModelStore) -> None:
     names = {t.name for t in figure.data if t.showlegend is not False}
     assert names == {SUCCESSOR, "sll-small-mnist"}
     assert all(v > 0 for t in figure.data for v in t.y)
+
+
+def test_the_gradient_chart_names_a_model_whose_band_drops_at_a_layer_that_adds_no_channels(
+    store: ModelStore,
+) -> None:
+    actions = gradients_tab.Actions(store)
+    captions = [
+        a.text
+        for a in actions.gradient_norms(
+            None, str(EXAMPLE), [SUCCESSOR, "bcop-small-mnist"]
+        ).layout.annotations
+    ]
+    (caption,) = [c for c in captions if "Gradient attenuation" in c]
+    assert f"{SUCCESSOR}: conv2 (" in caption and "bcop-small-mnist:" not in caption
+    only_bcop = actions.gradient_norms(None, str(EXAMPLE), ["bcop-small-mnist"]).layout.annotations
+    assert not any("Gradient attenuation" in a.text for a in only_bcop)

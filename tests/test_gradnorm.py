@@ -91,3 +91,19 @@ def test_gradient_norms_leave_weights_untouched_and_reject_bad_input() -> None:
         layer_gradient_norms(model, _inputs(2), objective="hinge")
     with pytest.raises(ValueError, match=r"x must be \(N, C, H, W\)"):
         layer_gradient_norms(model, torch.rand(2, 784))
+
+
+def test_only_a_layer_that_shrinks_every_gradient_without_adding_channels_is_named() -> None:
+    """A fresh BCOP network keeps the top of every band from the logits back (its channel-reducing
+    convolution is a co-isometry); a fresh AOL one does not: its channel-reducing convolution
+    starts far below norm 1 (docs/successors.md), so the band's top drops there."""
+    from bcop.spectra import jacobian_spectra, shrinking_layers
+
+    x = torch.rand(1, 1, 28, 28)
+    torch.manual_seed(0)
+    assert shrinking_layers(jacobian_spectra(create_model("bcop-small-mnist").eval(), x)) == []
+    aol = jacobian_spectra(create_model("aol-small-mnist").eval(), x)
+    found = shrinking_layers(aol)
+    assert [name for name, _, _ in found] == ["conv2"] and not aol[1].adds_channels
+    (_, after, before), top = found[0], {j.name: float(j.singular_values.max()) for j in aol}
+    assert (before, after) == (top["conv2"], top["dense1"]) and before < 0.99 * after
