@@ -21,7 +21,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from bcop.hardware import is_cpu_hardware
 from bcop.hub import CARD_FILE, CONFIG_FILE, HUB_OWNER, LIBRARY_NAME, SPACE_NAME, checkpoints_dir
-from bcop.models import ModelConfig, parse_model_name
+from bcop.models import SUCCESSOR_PAPERS, ModelConfig, parse_model_name
 from bcop.results import eps_key, read_results, write_results
 
 __all__ = [
@@ -227,8 +227,12 @@ def model_card(results: dict[str, Any], owner: str = HUB_OWNER) -> ModelCard:
         owner: the Hub owner of its repo, for the usage and code links.
     """
     name = results["model"]
-    plain = parse_model_name(name).conv == "plain"
+    config = parse_model_name(name)
+    plain = config.conv == "plain"
     kind = "A conventional (unconstrained) network" if plain else "A Lipschitz-constrained network"
+    if config.conv in SUCCESSOR_PAPERS:  # a later family in the paper's architecture
+        layer, paper = SUCCESSOR_PAPERS[config.conv]
+        kind += f" with {layer} convolutions ({paper}, a later family than BCOP's) in the architecture"
     intro = (
         f"{kind} from [bcop]({PAPER_URL}) (Li et al., NeurIPS 2019): `{name}` in the bcop model "
         f"registry, published as `{owner}/{name}`."

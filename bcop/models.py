@@ -67,6 +67,14 @@ __all__ = [
 ARCHS = ("small", "large", "fc")
 # The later families (docs/successors.md: how each fits these architectures).
 SUCCESSORS = ("cayley", "soc", "aol", "sll", "aoc")
+# The paper each later family comes from (its layer's name, the citation shown beside it).
+SUCCESSOR_PAPERS = {
+    "cayley": ("Cayley", "Trockman & Kolter, ICLR 2021"),
+    "soc": ("SOC", "Singla & Feizi, ICML 2021"),
+    "aol": ("AOL", "Prach & Lampert, ECCV 2022"),
+    "sll": ("SLL", "Araujo et al., ICLR 2023"),
+    "aoc": ("AOC", "Boissin et al., ICML 2025"),
+}
 # Families whose convolution contains its own activation: no activation layer after it.
 OWN_ACTIVATION = ("sll",)
 # Families whose convolutions take the stride themselves (no invertible downsampling before).

@@ -149,3 +149,11 @@ def test_the_generator_card_names_the_hub_dataset_and_the_licence_and_is_what_ex
     minutes = int(card.text.split(" minutes on one CPU thread")[0].rsplit(" ", 1)[1])
     written = _card(dataclasses.asdict(GanConfig()), step, 60 * minutes, quality)
     assert written == (folder / "README.md").read_text(), "the shipped card is the one export writes"
+
+
+def test_a_later_familys_card_names_its_layer_and_paper_and_bcops_only_as_the_architecture() -> None:
+    results = {**_results(), "model": "aol-large-mnist", "paper": None}
+    intro = str(model_card(results, owner="someone")).split("# aol-large-mnist", 1)[1].split("\n\n")[1]
+    assert "with AOL convolutions (Prach & Lampert, ECCV 2022, a later family than BCOP's)" in intro
+    assert "in the architecture from [bcop]" in intro
+    assert "AOL" not in str(model_card(_results())).split("## Citation")[0]

@@ -20,10 +20,20 @@ import torch
 from bcop.cards import training_time_cell
 from bcop.data import DATASET_SHAPES, TRAIN_VAL_SIZES
 from bcop.hub import load_folder
-from bcop.models import parse_model_name
+from bcop.models import SUCCESSOR_PAPERS, parse_model_name
 from bcop.results import certified_at, collect_results, eps_key
 
-__all__ = ["PUBLISHED", "SECTION", "RADII", "inference_ms", "table_rows", "render", "write_section", "main"]
+__all__ = [
+    "PUBLISHED",
+    "PAPERS",
+    "SECTION",
+    "RADII",
+    "inference_ms",
+    "table_rows",
+    "render",
+    "write_section",
+    "main",
+]
 
 SECTION = "## Results"
 RADII = (36 / 255, 72 / 255, 1.58)  # the CIFAR-10 literature's radii, and the paper's MNIST one
@@ -32,30 +42,15 @@ RADII = (36 / 255, 72 / 255, 1.58)  # the CIFAR-10 literature's radii, and the p
 # arXiv 2311.16833) lists it in its Table 4, "SOTA from the literature" (AOL's own Table 3 gives
 # the same 71.6 / 64.0); "1llc": 1LLC's Table 2, every family retrained in one architecture for
 # 24 hours, the size (XS..L) certifying most. AOC is in neither: None, an empty cell.
-PUBLISHED: dict[str, dict[str, Any]] = {
-    "bcop": {
-        "paper": "Li et al., NeurIPS 2019",
-        "own": (72.1, 58.2, "BCOP Large"),
-        "1llc": (74.6, 61.5, "L"),
-    },
-    "cayley": {
-        "paper": "Trockman & Kolter, ICLR 2021",
-        "own": (75.3, 59.1, "KW-Large"),
-        "1llc": (74.2, 61.1, "S"),
-    },
-    "soc": {
-        "paper": "Singla & Feizi, ICML 2021",
-        "own": (76.4, 61.9, "LipNet-25"),
-        "1llc": (76.9, 66.3, "M"),
-    },
-    "aol": {
-        "paper": "Prach & Lampert, ECCV 2022",
-        "own": (71.6, 64.0, "AOL Large"),
-        "1llc": (73.7, 61.5, "L"),
-    },
-    "sll": {"paper": "Araujo et al., ICLR 2023", "own": (73.3, 65.8, "X-Large"), "1llc": (75.3, 62.8, "M")},
-    "aoc": {"paper": "Boissin et al., ICML 2025", "own": None, "1llc": None},
+PUBLISHED: dict[str, dict[str, tuple[float, float, str] | None]] = {
+    "bcop": {"own": (72.1, 58.2, "BCOP Large"), "1llc": (74.6, 61.5, "L")},
+    "cayley": {"own": (75.3, 59.1, "KW-Large"), "1llc": (74.2, 61.1, "S")},
+    "soc": {"own": (76.4, 61.9, "LipNet-25"), "1llc": (76.9, 66.3, "M")},
+    "aol": {"own": (71.6, 64.0, "AOL Large"), "1llc": (73.7, 61.5, "L")},
+    "sll": {"own": (73.3, 65.8, "X-Large"), "1llc": (75.3, 62.8, "M")},
+    "aoc": {"own": None, "1llc": None},
 }
+PAPERS = {"bcop": "Li et al., NeurIPS 2019", **{f: paper for f, (_, paper) in SUCCESSOR_PAPERS.items()}}
 
 
 @torch.no_grad()
@@ -132,7 +127,7 @@ def render(rows: list[dict[str, Any]]) -> str:
             *(_cell(row[f"certified {eps_key(e)}"], ".2f") for e in RADII),
             _cell(row["pgd"], ".2f"), _cell(row["lipschitz"], ".7g"), _cell(row["s_per_step"], ".2f"),
             row["training_time"], _cell(row["ms_1"], ".1f"), _cell(row["ms_128"], ".1f"),
-            f"{row['parameters']:,}", published.get("paper", ""),
+            f"{row['parameters']:,}", PAPERS.get(row["family"], ""),
             _published(published.get("own")), _published(published.get("1llc"), "size "),
         ]  # fmt: skip
         lines.append("| " + " | ".join(cells) + " |")
