@@ -246,6 +246,8 @@ _PRETRAINED: tuple[str, ...] = (
     "svcm-large-mnist",
     "bcop-small-mnist",
     "plain-large-mnist",
+    # later families (docs/successors.md), in bcop.models.SUCCESSORS' order
+    "aol-large-mnist",
 )
 
 
