@@ -248,6 +248,7 @@ _PRETRAINED: tuple[str, ...] = (
     "plain-large-mnist",
     # later families (docs/successors.md), in bcop.models.SUCCESSORS' order
     "aol-large-mnist",
+    "aoc-large-mnist",
 )
 
 
