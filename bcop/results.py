@@ -31,7 +31,7 @@ from typing import Any
 
 from bcop.data import TRAIN_VAL_SIZES
 from bcop.hub import EVAL_RESULTS_FILE
-from bcop.models import parse_model_name
+from bcop.models import list_models, parse_model_name
 
 __all__ = [
     "RESULTS_SCHEMA_VERSION",
@@ -177,7 +177,9 @@ def write_results(folder: str | Path, results: dict[str, Any]) -> dict[str, Any]
 
 def collect_results(root: str | Path) -> list[dict[str, Any]]:
     """The results of every model folder under ``root`` (e.g. ``checkpoints/``), in schema 2:
-    the paper's models in its table's order, then the rest by name.
+    the paper's models in its table's order, then the other pretrained models in the registry's
+    order (:func:`bcop.models.list_models`: the later families after the paper's), then the rest
+    by name.
 
     Raises:
         ValueError: no folder under ``root`` holds results, or one holds invalid results.
@@ -186,7 +188,7 @@ def collect_results(root: str | Path) -> list[dict[str, Any]]:
     if not folders:
         raise ValueError(f"no */{EVAL_RESULTS_FILE} under {root}: evaluate a model with --export first")
     results = [read_results(folder) for folder in folders]
-    order = list(PAPER_RESULTS)
+    order = list(dict.fromkeys([*PAPER_RESULTS, *list_models(pretrained=True)]))
     return sorted(results, key=lambda r: order.index(r["model"]) if r["model"] in order else len(order))
 
 

@@ -140,10 +140,13 @@ def test_every_shipped_results_file_is_schema_2_in_percent() -> None:
         assert stored["clean"] > 50 and all(0 <= v <= 100 for key in CURVES for v in stored[key].values())
 
 
-def test_collect_results_puts_the_papers_models_first_in_its_order(tmp_path: Path) -> None:
-    for name in ("plain-large-mnist", "bcop-large-mnist"):
-        write_results(tmp_path / name, _schema1(name))
-    assert [r["model"] for r in collect_results(tmp_path)] == ["bcop-large-mnist", "plain-large-mnist"]
+def test_collect_results_puts_the_papers_models_first_then_the_registrys_order(tmp_path: Path) -> None:
+    names = ["aol-large-mnist", "plain-large-mnist", "bcop-large-mnist", "aoc-large-mnist", "rko-small-mnist"]
+    for name in names:
+        write_results(tmp_path / name, {**_schema1(), "model": name})
+    assert [r["model"] for r in collect_results(tmp_path)] == [
+        "bcop-large-mnist", "plain-large-mnist", "aol-large-mnist", "aoc-large-mnist", "rko-small-mnist"
+    ]  # fmt: skip
     with pytest.raises(ValueError, match="no \\*/eval_results.json under"):
         collect_results(tmp_path / "empty")
 
