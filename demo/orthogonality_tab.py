@@ -20,8 +20,10 @@ INTRO = (
     "Every singular value of each convolution, as a linear operator on the input size that layer "
     "sees (the table gives each layer's smallest, median and largest). **BCOP**'s are all 1 "
     "(orthogonal): its box is flat and its markers (◆ smallest and largest) sit on the σ = 1 "
-    "line. **RKO, OSSN and SVCM** are 1-Lipschitz too: their largest value is 1 (OSSN's, from "
-    "power iteration, up to 1% above), the rest spread below it. The **unconstrained** "
+    "line, and so are those of the later orthogonal families (**Cayley, SOC, AOC**). **RKO, OSSN "
+    "and SVCM**, and the later **AOL**, are 1-Lipschitz too: their largest value is 1 (OSSN's, "
+    "from power iteration, up to 1% above), the rest spread below it. (**SLL**'s layers are not "
+    "linear: they have no singular values to show.) The **unconstrained** "
     "convolution (plain) has no bound: its largest values lie well above 1, while its medians "
     "can lie below 1."
 )

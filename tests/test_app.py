@@ -560,15 +560,20 @@ def test_the_orthogonality_caption_matches_the_shipped_checkpoints(monkeypatch: 
     for name in large:
         spectra = [s.singular_values for s in shipped.get(name).spectra()]
         family = name.split("-")[0]
-        if family == "bcop":  # "all 1"
+        if family in ("bcop", "cayley", "soc", "aoc"):  # "all 1"
             assert all(torch.allclose(v, torch.ones(()), atol=1e-3) for v in spectra), name
         elif family == "plain":  # "largest values well above 1, while its medians can lie below 1"
             assert all(float(v.max()) > 1.5 for v in spectra), name
             assert any(float(v.median()) < 1 for v in spectra), name
-        else:  # "their largest value is 1 (OSSN's up to 1% above), the rest spread below it"
+        else:  # RKO, OSSN, SVCM, AOL: "largest value is 1 (OSSN's up to 1% above), the rest below it"
             assert all(0.99 <= float(v.max()) <= 1.01 for v in spectra), name
             assert any(float(v.median()) < 0.99 for v in spectra), name
-    for claim in ("**BCOP**'s are all 1", "largest value is 1", "largest values lie well above 1"):
+    for claim in (
+        "**BCOP**'s are all 1",
+        "**Cayley, SOC, AOC**",
+        "the later **AOL**",
+        "largest values lie well above 1",
+    ):
         assert claim in orthogonality_tab.INTRO
 
 
