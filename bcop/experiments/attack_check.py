@@ -126,7 +126,7 @@ def render(results: dict[str, dict[str, Any]], cfg: CheckConfig) -> str:
     for name, r in results.items():
         ratios = "" if r["min_ratio"] is None else f"{r['min_ratio']:.3f}, {r['median_ratio']:.3f}"
         lines.append(
-            f"| {name} | {r['lipschitz']:.6g} | {r['correct']} / {r['n']} | {r['certified_1.58']} | "
+            f"| {name} | {r['lipschitz']:.7g} | {r['correct']} / {r['n']} | {r['certified_1.58']} | "
             f"{r['found']} / {r['correct']} | {r['beaten']} | {ratios} | {r['mean_radius']:.3f} | "
             f"{r['mean_distance']:.3f} | {'yes' if r['passed'] else '**no**'} |"
         )
