@@ -238,7 +238,12 @@ def test_an_example_picked_just_after_a_stroke_is_the_image_the_results_belong_t
         page.wait_for_timeout(delay_ms)
         pick_example(page, "digit_3_0")
         page.locator("#upload-input img").wait_for()
-        page.wait_for_timeout(2000)  # the stroke's own event, however late, has come and gone
+        page.wait_for_function(  # the example's results arrive (late on a loaded machine) ...
+            f"text => document.querySelector('{SUMMARY}').innerText === text",
+            arg=expected,
+            timeout=TIMEOUT_MS,
+        )
+        page.wait_for_timeout(2000)  # ... and stay: the stroke's own event, however late, has come and gone
         assert input_tab(page) == "Upload", f"{delay_ms} ms"
         assert summary(page) == expected, f"{delay_ms} ms: the results are the example's"
         assert page.locator("#model-input img").get_attribute("src") == preview, f"{delay_ms} ms"
@@ -321,6 +326,7 @@ def test_a_model_unticked_during_a_strokes_update_stays_unticked_in_the_results(
 def test_a_later_familys_model_is_offered_after_the_papers_and_certifies_when_ticked(
     page: sync_api.Page,
 ) -> None:
+    page.get_by_label(f"{SUCCESSOR} (later family)", exact=True).wait_for()
     labels = page.locator("#model-choice label").all_inner_texts()
     assert labels[-1].strip() == f"{SUCCESSOR} (later family)", labels
     assert SUCCESSOR not in summary(page), "the default selection is the paper's models"
