@@ -9,6 +9,9 @@ against the plain network: section ``successors`` of ``benchmarks/layers.py``.
   ``plain-large-mnist-maxmin`` and ``bcop-large-mnist``, interleaved as the ``steps`` section,
   with the epoch it implies on train+val at batch 128, and the eval-mode forward pass that
   validation, certification and attacks run.
+* SOC's training series (5 terms, forward + backward, batch 128) by convolutions
+  (``exp_conv``) and by FFT (``exp_conv_fft``, what the layer runs) at the four SOC layers'
+  shapes in soc-large-mnist.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from torch import nn
 
 from bcop.factory import create_model
+from bcop.kernels import exp_conv, exp_conv_fft, skew_kernel
 from bcop.layers import AOCConv2d, AOLConv2d, CayleyConv2d, SLLConv2d, SOCConv2d
 from bcop.models import SUCCESSORS
 from benchmarks.step_cost import BATCH, PLAIN, interleaved, layer_step_fn, train_step_fn
@@ -24,6 +28,9 @@ from benchmarks.step_cost import BATCH, PLAIN, interleaved, layer_step_fn, train
 LAYER_CONFIGS = ((64, 3), (32, 5))
 LAYER_BATCH, LAYER_SIZE = 8, 32  # 32 x 32: the size orthogonium's layers are written for
 STEPS_PER_EPOCH = -(-60_000 // BATCH)  # train+val, the final runs' split
+# soc-large-mnist's SOC layers: (channels c after zero-padding, grid, channels kept, raw kernel).
+SOC_SHAPES = ((32, 28, 32, 3), (128, 14, 32, 2), (64, 14, 64, 3), (256, 7, 64, 2))
+SOC_TRAIN_TERMS = 5
 
 
 def ours(family: str, channels: int, k: int) -> nn.Module:
@@ -76,6 +83,25 @@ def bench_successor_layers(reps: tuple[int, int]) -> list[dict]:
     return rows
 
 
+def bench_soc_series(reps: tuple[int, int]) -> list[dict]:
+    """SOC's training series by convolutions and by FFT at soc-large-mnist's shapes, interleaved."""
+    rows = []
+    for c, size, out, k in SOC_SHAPES:
+        gen = torch.Generator().manual_seed(c)
+        x = torch.randn(BATCH, c, size, size, generator=gen, requires_grad=True)
+        raw = (0.05 * torch.randn(c, c, k, k, generator=gen)).requires_grad_()
+        fns = {
+            "convolution": lambda x=x, s=raw, out=out: exp_conv(x, skew_kernel(s), SOC_TRAIN_TERMS)[:, :out],
+            "fft": lambda x=x, s=raw, out=out: exp_conv_fft(x, skew_kernel(s), SOC_TRAIN_TERMS, out),
+        }
+        steps = {name: (lambda f=f: f().square().sum().backward()) for name, f in fns.items()}
+        ms = interleaved(steps, *reps)
+        rows.append({"channels": c, "size": size, "kept": out, "kernel_size": k})
+        rows[-1] |= {f"{name}_ms": t for name, t in ms.items()}
+        print(f"  soc series {c} ch {size}x{size}: {rows[-1]}", flush=True)
+    return rows
+
+
 def bench_successors(layer_reps: tuple[int, int], step_reps: tuple[int, int]) -> dict:
     """The layer table, then one Large-MNIST training step of every family against plain (and
     BCOP) interleaved, with the eval-mode forward pass (SOC's 12 terms) at batch 128."""
@@ -100,7 +126,11 @@ def bench_successors(layer_reps: tuple[int, int], step_reps: tuple[int, int]) ->
         }
         for name in names
     }
-    return {"layers": bench_successor_layers(layer_reps), "training": training}
+    return {
+        "layers": bench_successor_layers(layer_reps),
+        "training": training,
+        "soc_series": bench_soc_series(layer_reps),
+    }
 
 
 def markdown_successors(results: dict) -> list[str]:
@@ -129,5 +159,17 @@ def markdown_successors(results: dict) -> list[str]:
         lines.append(
             f"| {name} | {r['step_ms']:.0f} | {r['vs_plain']:.1f} | {r['epoch_min']:.1f} "
             f"| {r['eval_ms']:.0f} |"
+        )
+    lines += [
+        "",
+        f"SOC's training series, {SOC_TRAIN_TERMS} terms, forward + backward at batch {BATCH}:",
+        "",
+        "| channels (grid) | kept | raw k | convolutions (ms) | FFT (ms) | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in results.get("soc_series", []):
+        lines.append(
+            f"| {r['channels']} ({r['size']}x{r['size']}) | {r['kept']} | {r['kernel_size']} "
+            f"| {r['convolution_ms']:.0f} | {r['fft_ms']:.0f} | {r['convolution_ms'] / r['fft_ms']:.2f} |"
         )
     return lines

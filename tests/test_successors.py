@@ -26,6 +26,7 @@ from bcop.gradnorm import layer_gradient_norms
 from bcop.hub import load_folder, save_model
 from bcop.kernels import (
     exp_conv,
+    exp_conv_fft,
     exp_conv_kernel,
     exp_conv_transfer,
     pad_channels,
@@ -151,6 +152,26 @@ def test_soc_series_operator_equals_the_composed_kernel_of_the_truncated_series(
     composed = conv_singular_values(exp_conv_kernel(skew, 5), 6).sort().values
     direct = torch.linalg.svdvals(exp_conv_transfer(skew, 5, 6)).reshape(-1).sort().values
     torch.testing.assert_close(composed, direct, atol=1e-12, rtol=0)
+
+
+@pytest.mark.parametrize("c, out, k, size, terms", [(5, 5, 3, 6, 1), (8, 3, 3, (7, 6), 5), (6, 2, 5, 5, 12)])
+def test_soc_series_by_fft_equals_the_series_by_convolution_in_value_and_gradients(
+    c: int, out: int, k: int, size: int | tuple[int, int], terms: int
+) -> None:
+    """The training path (exp_conv_fft) is the same function as the convolution series, in
+    value and in the gradients with respect to input and kernel (float64: to 1e-10), on odd
+    and even grid sizes and with output channels dropped."""
+    gen = torch.Generator().manual_seed(c * 10 + terms)
+    h, w = size if isinstance(size, tuple) else (size, size)
+    x = torch.randn(3, c, h, w, generator=gen, dtype=torch.float64, requires_grad=True)
+    raw = torch.randn(c, c, k, k, generator=gen, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(3, out, h, w, generator=gen, dtype=torch.float64)
+    results = []
+    for fn in (lambda s: exp_conv(x, s, terms)[:, :out], lambda s: exp_conv_fft(x, s, terms, out)):
+        y = fn(skew_kernel(raw) * 0.2)
+        results.append((y, *torch.autograd.grad((y * g).sum(), (x, raw))))
+    for ours, reference in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(ours, reference, atol=1e-10, rtol=0)
 
 
 def test_soc_frozen_operator_is_the_series_in_value_and_input_gradient_and_follows_the_weights() -> None:
