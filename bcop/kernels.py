@@ -358,9 +358,14 @@ def sll_scale(kernel: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
 
 
 def sll_residual(
-    x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | None, t: torch.Tensor
+    x: torch.Tensor,
+    kernel: torch.Tensor,
+    bias: torch.Tensor | None,
+    t: torch.Tensor,
+    out_channels: int | None = None,
 ) -> torch.Tensor:
-    """SLL's layer ``x - 2 W T^-1 relu(W^T x + b)`` with ``W^T = conv2d_same(., kernel)``.
+    """SLL's layer ``x - 2 W T^-1 relu(W^T x + b)`` with ``W^T = conv2d_same(., kernel)``, its
+    first ``out_channels`` channels.
 
     Its Jacobian ``I - 2 M D M^T`` (``M = W T^-1/2``, D diagonal in [0, 1]) has eigenvalues in
     ``[1 - 2 ||M||^2, 1]``: 1-Lipschitz when ``T >= W^T W`` (:func:`sll_scale`).
@@ -370,12 +375,14 @@ def sll_residual(
         kernel: (hidden, c, k, k).
         bias: (hidden,) or None.
         t: (hidden,) positive, from :func:`sll_scale`.
+        out_channels: channels kept (default all c); ``W`` is applied for those only.
 
     Returns:
-        (N, c, H, W).
+        (N, out_channels, H, W).
     """
+    out = x.shape[1] if out_channels is None else out_channels
     hidden = F.relu(conv2d_same(x, kernel, bias)) / t[:, None, None]
-    return x - 2 * conv2d_same_adjoint(hidden, kernel)
+    return x[:, :out] - 2 * conv2d_same_adjoint(hidden, kernel[:, :out])
 
 
 def strided_conv2d(x: torch.Tensor, kernel: torch.Tensor, stride: int) -> torch.Tensor:

@@ -205,6 +205,23 @@ def test_sll_frozen_scale_follows_the_weights() -> None:
         torch.testing.assert_close(layer(x), fresh, atol=0, rtol=0)
 
 
+@pytest.mark.parametrize("k", [2, 3])
+def test_sll_residual_for_kept_channels_is_the_full_residual_sliced(k: int) -> None:
+    """A channel-reducing SLL layer applies W for its kept channels only: the same values and
+    gradients (float64) as the full residual, then sliced."""
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(2, 6, 5, 5, generator=gen, dtype=torch.float64, requires_grad=True)
+    kernel = torch.randn(6, 6, k, k, generator=gen, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, generator=gen, dtype=torch.float64, requires_grad=True)
+    t = torch.rand(6, generator=gen, dtype=torch.float64) + 1
+    g = torch.randn(2, 2, 5, 5, generator=gen, dtype=torch.float64)
+    results = []
+    for y in (sll_residual(x, kernel, bias, t)[:, :2], sll_residual(x, kernel, bias, t, 2)):
+        results.append((y, *torch.autograd.grad((y * g).sum(), (x, kernel, bias))))
+    for ours, reference in zip(results[1], results[0], strict=True):
+        torch.testing.assert_close(ours, reference, atol=1e-12, rtol=0)
+
+
 @pytest.mark.parametrize("family", FAMILIES)
 def test_jacrev_through_the_layer_equals_the_autograd_jacobian(family: str) -> None:
     cin, cout, k, size = CASES[1]

@@ -63,8 +63,8 @@ class SLLConv2d(LipschitzConv2d):
         self._scale_cache: tuple[tuple, torch.Tensor] | None = None
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        y = sll_residual(pad_channels(x, weight.shape[0]), weight, bias, self._scale(weight))
-        return y[:, : self.out_channels]
+        x = pad_channels(x, weight.shape[0])
+        return sll_residual(x, weight, bias, self._scale(weight), self.out_channels)
 
     def _scale(self, weight: torch.Tensor) -> torch.Tensor:
         """T's diagonal; with frozen weights (inference, certification, attacks) computed once
