@@ -105,6 +105,7 @@ def test_onnx_file_runs_in_onnxruntime_with_the_same_logits(tmp_path: Path) -> N
     """save_onnx writes a graph with a dynamic batch; onnxruntime gives the model's logits to
     1e-5 at batch sizes 1 and 3."""
     import onnxruntime as ort  # pinned in requirements-dev.txt with onnx and onnxscript
+
     torch.manual_seed(0)
     model = create_model("bcop-small-mnist").eval()
     session = ort.InferenceSession(str(save_onnx(model, tmp_path / "model.onnx", model.input_shape)))

@@ -22,8 +22,18 @@ from bcop.hub import GENERATOR_KIND, HUB_OWNER
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-DEV_TOOLS = {"pytest", "ruff", "gradio-client", "playwright", "build", "twine", "pypiserver", "onnx",
-    "onnxruntime", "onnxscript"}
+DEV_TOOLS = {
+    "pytest",
+    "ruff",
+    "gradio-client",
+    "playwright",
+    "build",
+    "twine",
+    "pypiserver",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+}
 # The LFS patterns of the .gitattributes the Hub gives a new repo (which publishing replaces).
 HUB_DEFAULT_LFS = (
     "*.7z *.arrow *.bin *.bz2 *.ckpt *.ftz *.gz *.h5 *.joblib *.lfs.* *.mlmodel *.model *.msgpack "
