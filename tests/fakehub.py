@@ -211,7 +211,17 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
             body = self._body()
             path = self.path.split("?")[0]
             with hub._lock:
-                self._post(path, body)
+                try:
+                    self._post(path, body)
+                except json.JSONDecodeError as err:
+                    # An answer, not a dropped connection and a traceback printed from this
+                    # thread: the client's error then says what arrived.
+                    what = (
+                        f"fake Hub: the body of POST {path} is not JSON ({err}; {len(body)} bytes, "
+                        f"Content-Length {self.headers.get('Content-Length')}, "
+                        f"Transfer-Encoding {self.headers.get('Transfer-Encoding')})"
+                    )
+                    self._json(400, {"error": what, "errors": [{"message": what}]})
 
         def do_PUT(self) -> None:
             self._record()
@@ -242,7 +252,15 @@ def _handler(hub: FakeHub) -> type[http.server.BaseHTTPRequestHandler]:
             return True
 
         def _body(self) -> bytes:
-            return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                return self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            chunks = []
+            while size := int(self.rfile.readline().split(b";")[0].strip() or b"0", 16):
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()  # the CRLF after each chunk
+            while self.rfile.readline().strip():  # trailers, up to the blank line
+                pass
+            return b"".join(chunks)
 
         def _send(self, status: int, headers: dict[str, str], body: bytes, head: bool = False) -> None:
             self.send_response(status)

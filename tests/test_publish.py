@@ -407,3 +407,23 @@ def test_the_cards_install_line_installs_the_library_from_exactly_the_spaces_fil
     module, source_kind, repo_id, has_checkpoints = result.stdout.split()
     assert Path(module).is_relative_to(tmp_path / "venv"), "imported from the installed copy"
     assert (source_kind, repo_id, has_checkpoints) == ("hub", f"{OWNER}/bcop-small-mnist", "False")
+
+
+def test_the_fake_hub_reads_chunked_bodies_and_answers_a_body_that_is_not_json_with_a_400() -> None:
+    """The fake Hub takes a JSON body sent in chunks, and answers a malformed one with an HTTP
+    error naming what arrived (not a dropped connection and a traceback from its thread)."""
+    import http.client
+
+    server = FakeHub()
+    try:
+        connection = http.client.HTTPConnection(server.endpoint.removeprefix("http://"), timeout=10)
+        body = json.dumps({"organization": "owner", "name": "chunked", "type": "model"}).encode()
+        connection.request("POST", "/api/repos/create", body=iter([body[:7], body[7:]]), encode_chunked=True)
+        answer = connection.getresponse()
+        answer.read()
+        assert answer.status == 200 and "owner/chunked" in server.repos
+        connection.request("POST", "/api/validate-yaml", body=b"", headers={"Content-Length": "0"})
+        answer = connection.getresponse()
+        assert answer.status == 400 and "is not JSON" in json.loads(answer.read())["error"]
+    finally:
+        server.close()
