@@ -238,8 +238,8 @@ def exp_conv_fft(
     n, c, h, w = x.shape
     out = c if out_channels is None else out_channels
     # (F, c, c) matrices and (F, c, N) columns, F = h * (w // 2 + 1) frequencies of rfft2, made
-    # contiguous: the permuted views have batch stride 1, which batched matmul (and its
-    # backward) would copy matrix by matrix.
+    # contiguous: the permuted views have batch stride 1, which batched matmul would copy
+    # matrix by matrix.
     matrices = _transfer(skew, (h, w)).permute(2, 3, 0, 1).reshape(-1, c, c).contiguous()
     spectrum = torch.fft.rfft2(x).permute(2, 3, 1, 0).reshape(-1, c, n).contiguous()
     # Horner: y <- x + S y / m for m = terms..2, then x + S y for the kept rows only.
