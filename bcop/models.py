@@ -247,6 +247,7 @@ _PRETRAINED: tuple[str, ...] = (
     "bcop-small-mnist",
     "plain-large-mnist",
     # later families (docs/successors.md), in bcop.models.SUCCESSORS' order
+    "cayley-large-mnist",
     "aol-large-mnist",
     "aoc-large-mnist",
 )
