@@ -249,6 +249,7 @@ _PRETRAINED: tuple[str, ...] = (
     # later families (docs/successors.md), in bcop.models.SUCCESSORS' order
     "cayley-large-mnist",
     "aol-large-mnist",
+    "sll-large-mnist",
     "aoc-large-mnist",
 )
 
