@@ -48,3 +48,12 @@ def test_an_understated_bound_is_caught(monkeypatch: pytest.MonkeyPatch) -> None
     row = attack_check.check_model(model, images[:20], labels[:20], cfg)
     assert row["beaten"] > 0 and not row["passed"] and row["min_ratio"] < 1.0
     assert torch.isclose(torch.tensor(row["lipschitz"]), torch.tensor(true_bound / 10))
+
+
+def test_a_result_is_added_to_what_the_file_holds_when_it_is_written(tmp_path: Path) -> None:
+    # Another process's check finished after this one read the file: its result must stay.
+    path, cfg = tmp_path / "check.json", attack_check.CheckConfig(n=4)
+    path.write_text(json.dumps({"config": vars(cfg), "models": {"other-large-mnist": {"passed": True}}}))
+    results = attack_check.record(path, cfg, "this-large-mnist", {"passed": False})
+    assert set(results) == {"other-large-mnist", "this-large-mnist"}
+    assert json.loads(path.read_text()) == {"config": vars(cfg), "models": results}

@@ -37,7 +37,7 @@ from bcop.experiments.successors_table import write_section
 from bcop.hub import checkpoints_dir, load_model, local_checkpoints
 from bcop.models import SUCCESSORS, LipschitzNet, parse_model_name
 
-__all__ = ["CheckConfig", "check_model", "render", "main"]
+__all__ = ["CheckConfig", "check_model", "record", "render", "main"]
 
 SECTION = "## Independent attack check"
 
@@ -171,6 +171,19 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def record(path: Path, cfg: CheckConfig, name: str, result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Add ``name``'s result to the results file and return every model's.
+
+    The file is read again just before it is written, so checks of other models that finished
+    meanwhile (another process, the same file) are kept rather than overwritten.
+    """
+    saved = json.loads(path.read_text()) if path.is_file() else {}
+    results = {**saved.get("models", {}), name: result}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"config": dataclasses.asdict(cfg), "models": results}, indent=1) + "\n")
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point: 0 when every model passes, 1 otherwise."""
     args = _parser().parse_args(argv)
@@ -192,10 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         loaded = load_model(target)
         name = loaded.model.config.name
         print(f"{name}: attacking {cfg.n} test images, {cfg.restarts} restarts", file=sys.stderr)
-        results[name] = check_model(loaded.model, x, y, cfg, progress=True)
-        print(json.dumps({"model": name, **results[name]}), flush=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"config": dataclasses.asdict(cfg), "models": results}, indent=1) + "\n")
+        result = check_model(loaded.model, x, y, cfg, progress=True)
+        print(json.dumps({"model": name, **result}), flush=True)
+        results = record(path, cfg, name, result)
     if args.page:
         write_section(args.page, SECTION, render(results, cfg))
     return 0 if all(results[n]["passed"] for n in results) else 1
