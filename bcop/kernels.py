@@ -7,6 +7,7 @@ stride-1, same-size circular cross-correlation of :func:`bcop.orthogonal.conv2d_
 * :func:`pad_channels` -- zero channels appended (how SOC and SLL take fewer channels in).
 * :func:`conv2d_same_adjoint` -- the transpose of that convolution (SLL's ``W``, SOC's ``L^T``).
 * :func:`fft_conv2d_same` -- the same convolution computed by FFT, for kernels as large as the input.
+* :func:`conv_transfer` -- that convolution's matrix at each frequency, to apply to many inputs.
 * :func:`apply_transfer` -- a circular operator given by its matrix at each frequency, by FFT.
 * :func:`cayley`, :func:`cayley_kernel` -- Cayley transform per frequency (Trockman & Kolter 2021).
 * :func:`skew_kernel`, :func:`exp_conv`, :func:`exp_conv_fft`, :func:`exp_conv_kernel`,
@@ -32,6 +33,7 @@ __all__ = [
     "pad_channels",
     "conv2d_same_adjoint",
     "fft_conv2d_same",
+    "conv_transfer",
     "apply_transfer",
     "cayley",
     "cayley_kernel",
@@ -106,10 +108,23 @@ def fft_conv2d_same(x: torch.Tensor, kernel: torch.Tensor, bias: torch.Tensor | 
     Returns:
         (N, C_out, H, W).
     """
-    size = (x.shape[-2], x.shape[-1])
-    spectrum = torch.einsum("oihw,nihw->nohw", _transfer(kernel, size), torch.fft.rfft2(x))
-    y = torch.fft.irfft2(spectrum, s=size)
+    y = apply_transfer(x, conv_transfer(kernel, (x.shape[-2], x.shape[-1])))
     return y if bias is None else y + bias[:, None, None]
+
+
+def conv_transfer(kernel: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """:func:`fft_conv2d_same`'s operator with ``kernel`` on ``size`` inputs, in the form
+    :func:`apply_transfer` takes: computed once, applied to any number of inputs.
+
+    Args:
+        kernel: (C_out, C_in, kh, kw) real, kh <= h, kw <= w.
+        size: (h, w).
+
+    Returns:
+        (h, w // 2 + 1, C_out, C_in) complex: the matrices at the non-negative column
+        frequencies, which determine a real operator's others.
+    """
+    return _transfer(kernel, size).permute(2, 3, 0, 1)
 
 
 def apply_transfer(x: torch.Tensor, transfer: torch.Tensor) -> torch.Tensor:
@@ -118,7 +133,8 @@ def apply_transfer(x: torch.Tensor, transfer: torch.Tensor) -> torch.Tensor:
     Args:
         x: (N, C_in, H, W) real.
         transfer: (H, W, C_out, C_in) complex: the operator's matrix at each frequency of the
-            full grid, conjugate-symmetric (``T(-f) = conj(T(f))``) so that the result is real.
+            full grid, conjugate-symmetric (``T(-f) = conj(T(f))``) so that the result is real;
+            or only its first ``W // 2 + 1`` columns (:func:`conv_transfer`'s), all it reads.
 
     Returns:
         (N, C_out, H, W).

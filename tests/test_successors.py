@@ -35,7 +35,7 @@ from bcop.kernels import (
     sll_scale,
 )
 from bcop.layers import AOCConv2d, AOLConv2d, CayleyConv2d, SLLConv2d, SOCConv2d, frozen_weights
-from bcop.orthogonal import conv_singular_values, power_iteration
+from bcop.orthogonal import conv2d_same, conv_singular_values, power_iteration
 from bcop.spectra import conv_spectra
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -203,6 +203,29 @@ def test_sll_frozen_scale_follows_the_weights() -> None:
         layer.weight.mul_(1.5)
         fresh = sll_residual(x, layer.weight, layer.bias, sll_scale(layer.weight, layer.log_q))
         torch.testing.assert_close(layer(x), fresh, atol=0, rtol=0)
+
+
+def test_cayley_frozen_transform_is_the_direct_convolution_and_follows_the_weights() -> None:
+    """With frozen weights in eval mode Cayley applies its kernel's cached FFT: the same output
+    and input gradient as the kernel's direct circular convolution (float32, 1e-5), and
+    rebuilt when the raw weight changes."""
+    layer = CayleyConv2d(3, 5, 3, input_size=6).eval()
+    x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(7), requires_grad=True)
+
+    def direct() -> torch.Tensor:
+        return conv2d_same(x, layer.weight.detach(), layer.bias.detach())
+
+    expected = direct()
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
+    with frozen_weights(layer):
+        frozen = layer(x)
+        (frozen_grad,) = torch.autograd.grad(frozen.square().sum(), x)
+        torch.testing.assert_close(frozen, expected.detach(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(frozen_grad, expected_grad, atol=1e-5, rtol=0)
+        assert layer._transfer_cache is not None
+        with torch.no_grad():
+            layer.parametrizations.weight.original.mul_(-1.5)
+            torch.testing.assert_close(layer(x), direct(), atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("k", [2, 3])

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import torch
 from torch.nn.utils import parametrize
 
-from bcop.kernels import cayley_kernel, fft_conv2d_same
+from bcop.kernels import apply_transfer, cayley_kernel, conv_transfer
 from bcop.layers.conv import InputSizedConv2d
-from bcop.layers.parametrization import CachedParametrization
+from bcop.layers.parametrization import CachedParametrization, frozen_key
 
 __all__ = ["CayleyConv2d"]
 
@@ -62,6 +62,7 @@ class CayleyConv2d(InputSizedConv2d):
         if min(self.input_size) < self.kernel_size[0]:
             raise ValueError(f"input_size {self.input_size} is smaller than the kernel {self.kernel_size}")
         parametrize.register_parametrization(self, "weight", CayleyKernel(self.input_size), unsafe=True)
+        self._transfer_cache: tuple[tuple, torch.Tensor] | None = None
 
     def _check_size(self, size: Sequence[int]) -> None:
         if tuple(size) != self.input_size:
@@ -72,7 +73,20 @@ class CayleyConv2d(InputSizedConv2d):
 
     def _conv_forward(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         self._check_size(x.shape[-2:])
-        return fft_conv2d_same(x, weight, bias)
+        y = apply_transfer(x, self._transfer(weight))
+        return y if bias is None else y + bias[:, None, None]
+
+    def _transfer(self, weight: torch.Tensor) -> torch.Tensor:
+        """The applied kernel's FFT (:func:`bcop.kernels.conv_transfer`): in eval mode with
+        weights that need no gradient, cached per raw weight (half of a batch-1 forward's cost
+        is this transform); else computed from ``weight`` so that gradients flow."""
+        key = None if self.training else frozen_key(self.parametrizations.weight.original)
+        if key is None:
+            return conv_transfer(weight, self.input_size)
+        if self._transfer_cache is None or self._transfer_cache[0] != key:
+            with torch.inference_mode(False), torch.no_grad():
+                self._transfer_cache = (key, conv_transfer(weight, self.input_size).contiguous())
+        return self._transfer_cache[1]
 
     def lipschitz_bound(self, input_shape: Sequence[int]) -> float:
         """Exact norm of the applied (h x w) kernel on the input size it was built for."""
