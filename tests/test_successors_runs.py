@@ -114,10 +114,34 @@ def _check_table(root: Path, results: dict, page: Path) -> None:
     assert row["lipschitz"] == results["lipschitz"] and row["ms_1"] > 0 and row["ms_128"] > 0
     assert row["parameters"] > 0 and row["s_per_step"] > 0
     page.write_text("# Page\n\nintro\n\n## Results\n\nold\n\n## Speed\n\nkept\n")
-    table = successors_table.main(root, page)
+    header = successors_table.render([]).split("\n")[0]
+    readme = page.with_name("README.md")
+    readme.write_text(f"# Readme\n\nabove\n\n{header}\n|---|\n| stale | row |\n\nbelow\n")
+    table = successors_table.main(root, page, readme)
     text = page.read_text()
     assert text.startswith("# Page\n\nintro\n\n## Results\n") and text.endswith("## Speed\n\nkept\n")
     assert "old" not in text and table in text and f"| aol-small-mnist | {results['clean']:.2f} |" in table
+    assert readme.read_text() == f"# Readme\n\nabove\n\n{table}\nbelow\n"
+
+
+def test_the_readme_shows_the_successors_table_of_docs_successors_md() -> None:
+    """``table`` writes both copies; a hand edit of one, or a run that wrote only one, fails here."""
+    header = successors_table.render([]).split("\n")[0]
+
+    def table_of(page: Path) -> list[str]:
+        lines = page.read_text().split("\n")
+        start = lines.index(header)
+        end = next(i for i in range(start, len(lines)) if not lines[i].startswith("|"))
+        return lines[start:end]
+
+    assert table_of(ROOT / "README.md") == table_of(ROOT / "docs" / "successors.md")
+
+
+def test_replace_table_refuses_a_page_without_the_table(tmp_path: Path) -> None:
+    page = tmp_path / "README.md"
+    page.write_text("# Readme\n\n| another | table |\n")
+    with pytest.raises(ValueError, match="0 tables with the header"):
+        successors_table.replace_table(page, successors_table.render([]))
 
 
 def test_the_command_line_refuses_final_without_one_family(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ Three commands, each resumable (running it again continues where it stopped):
   config, weights, card and eval results, by ``python -m bcop.evaluate --export`` as for the
   other checkpoints (docs/reproduction.md).
 * ``table``: every model in ``checkpoints/`` side by side, written into ``docs/successors.md``
-  and printed for the README (:mod:`bcop.experiments.successors_table`).
+  and the README (:mod:`bcop.experiments.successors_table`).
 """
 
 from __future__ import annotations
@@ -215,6 +215,7 @@ def _parser() -> argparse.ArgumentParser:
     add("--select-epochs", type=int, default=SELECT_EPOCHS, help="default: %(default)s")
     add("--final-epochs", type=int, default=FINAL_EPOCHS, help="default: %(default)s")
     add("--page", default="docs/successors.md", help="table: the page to write into (default: %(default)s)")
+    add("--readme", default="README.md", help="table: the page whose copy is replaced (default: %(default)s)")
     parser.add_argument("--limit-train", type=int, help="train on the first N images only (default: all)")
     parser.add_argument("--data-root", help="data folder (default: $BCOP_DATA or ~/.cache/bcop)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
@@ -239,7 +240,7 @@ def main(argv: list[str] | None = None) -> Any:
         if not args.family or len(args.family) != 1:
             parser.error("final trains one family: give exactly one --family")
         return final(args.family[0], settings)
-    return successors_table.main(settings.checkpoints, args.page)
+    return successors_table.main(settings.checkpoints, args.page, args.readme)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ show, read by :func:`bcop.results.collect_results`), training cost from the reco
 inference time measured here, and each family's published CIFAR-10 figures beside it.
 
 It rewrites the section :data:`SECTION` of ``docs/successors.md`` (the rest of the page is kept)
-and prints the Markdown for the README.
+and the same table in the README, so that the two never differ.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = [
     "table_rows",
     "render",
     "write_section",
+    "replace_table",
     "main",
 ]
 
@@ -165,11 +166,36 @@ def write_section(page: str | Path, heading: str, body: str) -> None:
     page.write_text(before + section + ("\n" + after if after else ""))
 
 
-def main(root: str | Path = "checkpoints", page: str | Path | None = "docs/successors.md") -> str:
-    """Build the table of the models under ``root``, write it into ``page`` and print it."""
+def replace_table(page: str | Path, table: str) -> None:
+    """Replace the Markdown table of ``page`` whose header row is ``table``'s with ``table``.
+
+    Raises:
+        ValueError: ``page`` has no table with that header row (or more than one).
+    """
+    page = Path(page)
+    lines = page.read_text().split("\n")
+    new = table.rstrip("\n").split("\n")
+    starts = [i for i, line in enumerate(lines) if line == new[0]]
+    if len(starts) != 1:
+        raise ValueError(f"{page} has {len(starts)} tables with the header {new[0][:60]!r}...; expected 1")
+    end = starts[0]
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    page.write_text("\n".join(lines[: starts[0]] + new + lines[end:]))
+
+
+def main(
+    root: str | Path = "checkpoints",
+    page: str | Path | None = "docs/successors.md",
+    readme: str | Path | None = None,
+) -> str:
+    """Build the table of the models under ``root``, write it into ``page``'s section
+    :data:`SECTION` and over the same table in ``readme``, and print it."""
     table = render(table_rows(root))
     where = f"{torch.get_num_threads()} CPU thread(s), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
     if page is not None:
         write_section(page, SECTION, f"{NOTES.format(where=where)}\n\n{table}")
+    if readme is not None:
+        replace_table(readme, table)
     print(table)
     return table
