@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 import torch
 
+from bcop.cards import summary_table
 from bcop.certify import certified_accuracy, certified_radius, lipschitz_bound
 from bcop.data import load_mnist
 from bcop.hub import load_folder
-from bcop.results import eps_key, percent
+from bcop.results import collect_results, eps_key, percent
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -81,3 +82,27 @@ def test_bcop_large_mnist_reproduces_its_clean_and_certified_accuracy() -> None:
     assert percent(got["clean"]) == results["clean"]
     for eps in epsilons:
         assert percent(got["certified"][eps]) == results["certified"][eps_key(eps)], eps
+
+
+def test_the_readmes_table_of_the_papers_models_shows_their_results() -> None:
+    """Each row of the README's table of the paper's models is the summary table's row of the
+    same checkpoint (``python -m bcop.evaluate --summary checkpoints``), cell for cell up to the
+    bound: the README states what the shipped results say."""
+    summary = {}
+    for line in summary_table(collect_results(CHECKPOINTS)).splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        summary[cells[0]] = cells[:5]
+    lines = (CHECKPOINTS.parent / "README.md").read_text().splitlines()
+    header = (
+        "| model | ours: clean / certified / PGD | ours: PGD, paper's attack "
+        "| paper: clean / certified / PGD | Lipschitz bound |"
+    )
+    body = lines[lines.index(header) + 2 :]
+    body = body[: next(i for i, line in enumerate(body) if not line.startswith("|"))]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in body]
+    assert [row[0] for row in rows] == [
+        "bcop-large-mnist", "rko-large-mnist", "ossn-large-mnist", "svcm-large-mnist",
+        "bcop-small-mnist", "plain-large-mnist",
+    ]  # fmt: skip
+    for row in rows:
+        assert row == summary[row[0]], row[0]
