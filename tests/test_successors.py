@@ -29,6 +29,7 @@ from bcop.kernels import (
     exp_conv_fft,
     exp_conv_kernel,
     exp_conv_transfer,
+    fft_conv2d_same,
     pad_channels,
     skew_kernel,
     sll_residual,
@@ -203,6 +204,17 @@ def test_sll_frozen_scale_follows_the_weights() -> None:
         layer.weight.mul_(1.5)
         fresh = sll_residual(x, layer.weight, layer.bias, sll_scale(layer.weight, layer.log_q))
         torch.testing.assert_close(layer(x), fresh, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("k", [2, 3, 6])
+def test_fft_conv2d_same_is_the_direct_circular_convolution(k: int) -> None:
+    """Odd and even kernels, up to the input's size (float64)."""
+    gen = torch.Generator().manual_seed(k)
+    x = torch.randn(2, 3, 6, 6, generator=gen, dtype=torch.float64)
+    kernel = torch.randn(4, 3, k, k, generator=gen, dtype=torch.float64)
+    bias = torch.randn(4, generator=gen, dtype=torch.float64)
+    expected = conv2d_same(x, kernel, bias)
+    torch.testing.assert_close(fft_conv2d_same(x, kernel, bias), expected, atol=1e-12, rtol=0)
 
 
 def test_cayley_frozen_transform_is_the_direct_convolution_and_follows_the_weights() -> None:
