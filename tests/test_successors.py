@@ -10,6 +10,7 @@ exceeds the bound it reports.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -175,23 +176,33 @@ def test_soc_series_by_fft_equals_the_series_by_convolution_in_value_and_gradien
         torch.testing.assert_close(ours, reference, atol=1e-10, rtol=0)
 
 
-def test_soc_frozen_operator_is_the_series_in_value_and_input_gradient_and_follows_the_weights() -> None:
-    """Note [SOC's frozen operator]: with frozen weights in eval mode the layer applies its
-    series' exact operator by FFT; it must agree with the 12-term series (float32, 1e-5) in
-    value and in the gradient an attack takes, and be rebuilt when a weight changes."""
-    layer = SOCConv2d(8, 3, 2).eval()
-    x = torch.rand(2, 8, 6, 6, generator=torch.Generator().manual_seed(5), requires_grad=True)
-    series = exp_conv(pad_channels(x, 8), layer.weight, 12)[:, :3] + layer.bias[:, None, None]
-    (series_grad,) = torch.autograd.grad(series.square().sum(), x)
+def _assert_frozen_path_is(layer: nn.Module, x: torch.Tensor, reference: Callable[[], torch.Tensor]) -> None:
+    """Under ``frozen_weights`` in eval mode ``layer(x)`` must equal ``reference()`` (computed
+    from the layer's current weights) in value and input gradient (float32, 1e-5), and still
+    equal it after the raw weight is scaled by -1.5 (the cache must follow the weights)."""
+    expected = reference()
+    (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
     with frozen_weights(layer):
         frozen = layer(x)
         (frozen_grad,) = torch.autograd.grad(frozen.square().sum(), x)
-        torch.testing.assert_close(frozen, series.detach(), atol=1e-5, rtol=0)
-        torch.testing.assert_close(frozen_grad, series_grad, atol=1e-5, rtol=0)
+        torch.testing.assert_close(frozen, expected.detach(), atol=1e-5, rtol=0)
+        torch.testing.assert_close(frozen_grad, expected_grad, atol=1e-5, rtol=0)
+        assert layer._transfer_cache is not None
         with torch.no_grad():
-            layer.parametrizations.weight.original.mul_(1.5)
-            moved = exp_conv(pad_channels(x, 8), layer.weight, 12)[:, :3] + layer.bias[:, None, None]
-            torch.testing.assert_close(layer(x), moved, atol=1e-5, rtol=0)
+            layer.parametrizations.weight.original.mul_(-1.5)
+            torch.testing.assert_close(layer(x), reference(), atol=1e-5, rtol=0)
+
+
+def test_soc_frozen_operator_is_the_series_in_value_and_input_gradient_and_follows_the_weights() -> None:
+    """Note [SOC's frozen operator]: with frozen weights in eval mode the layer applies its
+    series' exact operator by FFT; it must agree with the 12-term series."""
+    layer = SOCConv2d(8, 3, 2).eval()
+    x = torch.rand(2, 8, 6, 6, generator=torch.Generator().manual_seed(5), requires_grad=True)
+
+    def series() -> torch.Tensor:
+        return exp_conv(pad_channels(x, 8), layer.weight, 12)[:, :3] + layer.bias[:, None, None]
+
+    _assert_frozen_path_is(layer, x, series)
 
 
 def test_sll_frozen_scale_follows_the_weights() -> None:
@@ -219,25 +230,10 @@ def test_fft_conv2d_same_is_the_direct_circular_convolution(k: int) -> None:
 
 def test_cayley_frozen_transform_is_the_direct_convolution_and_follows_the_weights() -> None:
     """With frozen weights in eval mode Cayley applies its kernel's cached FFT: the same output
-    and input gradient as the kernel's direct circular convolution (float32, 1e-5), and
-    rebuilt when the raw weight changes."""
+    and input gradient as the kernel's direct circular convolution."""
     layer = CayleyConv2d(3, 5, 3, input_size=6).eval()
     x = torch.rand(2, 3, 6, 6, generator=torch.Generator().manual_seed(7), requires_grad=True)
-
-    def direct() -> torch.Tensor:
-        return conv2d_same(x, layer.weight.detach(), layer.bias.detach())
-
-    expected = direct()
-    (expected_grad,) = torch.autograd.grad(expected.square().sum(), x)
-    with frozen_weights(layer):
-        frozen = layer(x)
-        (frozen_grad,) = torch.autograd.grad(frozen.square().sum(), x)
-        torch.testing.assert_close(frozen, expected.detach(), atol=1e-5, rtol=0)
-        torch.testing.assert_close(frozen_grad, expected_grad, atol=1e-5, rtol=0)
-        assert layer._transfer_cache is not None
-        with torch.no_grad():
-            layer.parametrizations.weight.original.mul_(-1.5)
-            torch.testing.assert_close(layer(x), direct(), atol=1e-5, rtol=0)
+    _assert_frozen_path_is(layer, x, lambda: conv2d_same(x, layer.weight, layer.bias))
 
 
 @pytest.mark.parametrize("k", [2, 3])
