@@ -95,6 +95,8 @@ def table_rows(root: str | Path, timing: bool = True) -> list[dict[str, Any]]:
             "clean": r["clean"],
             **{f"certified {eps_key(e)}": certified_at(r, e) for e in RADII},
             "pgd": r["pgd"].get(eps_key(1.58)),
+            "pgd_n": r["pgd_n"],
+            "n_test": r["n_test"],
             "lipschitz": r["lipschitz"],
             "s_per_step": _seconds_per_step(training),
             "training_time": training_time_cell(training) if training else "",
@@ -107,6 +109,13 @@ def table_rows(root: str | Path, timing: bool = True) -> list[dict[str, Any]]:
 
 def _cell(value: float | None, spec: str) -> str:
     return "" if value is None else format(value, spec)
+
+
+def _pgd_cell(row: dict[str, Any]) -> str:
+    """PGD accuracy, with the number of attacked images when PGD ran on a sample of the test set
+    (its card says which images), so that a sample's figure never reads as the full set's."""
+    cell = _cell(row["pgd"], ".2f")
+    return f"{cell} (n = {row['pgd_n']:,})" if cell and row["pgd_n"] < row["n_test"] else cell
 
 
 def _published(figures: tuple[float, float, str] | None, label: str = "") -> str:
@@ -126,7 +135,7 @@ def render(rows: list[dict[str, Any]]) -> str:
         cells = [
             row["model"], _cell(row["clean"], ".2f"),
             *(_cell(row[f"certified {eps_key(e)}"], ".2f") for e in RADII),
-            _cell(row["pgd"], ".2f"), _cell(row["lipschitz"], ".7g"), _cell(row["s_per_step"], ".2f"),
+            _pgd_cell(row), _cell(row["lipschitz"], ".7g"), _cell(row["s_per_step"], ".2f"),
             row["training_time"], _cell(row["ms_1"], ".1f"), _cell(row["ms_128"], ".1f"),
             f"{row['parameters']:,}", PAPERS.get(row["family"], ""),
             _published(published.get("own")), _published(published.get("1llc"), "size "),
@@ -143,7 +152,8 @@ NOTES = (
     "architecture for 24 hours (its Table 2, the size certifying most); AOC is in neither. An "
     "empty certified cell: "
     "the model was evaluated before the curve had that radius (`python -m bcop.evaluate "
-    "--complete-curve checkpoints/NAME` adds it). s / step: wall clock over the recorded "
+    "--complete-curve checkpoints/NAME` adds it). A PGD cell with n: PGD attacked n test images "
+    "evenly spaced through the test set (the card says which); without n, all of it. s / step: wall clock over the recorded "
     "training, whatever hardware it ran on; the "
     "training time is the summary table's (`python -m bcop.evaluate --summary`): CPU-hours, GPU "
     "epochs as wall-clock hours; "
