@@ -248,6 +248,7 @@ _PRETRAINED: tuple[str, ...] = (
     "plain-large-mnist",
     # later families (docs/successors.md), in bcop.models.SUCCESSORS' order
     "cayley-large-mnist",
+    "soc-large-mnist",
     "aol-large-mnist",
     "sll-large-mnist",
     "aoc-large-mnist",
