@@ -148,7 +148,8 @@ def test_a_pgd_figure_on_a_sample_of_the_test_set_says_how_many_images() -> None
     row = {
         "model": "soc-large-mnist", "family": "soc", "clean": 98.0, "certified 0.141176": 97.0,
         "certified 0.282353": 96.0, "certified 1.58": 57.0, "pgd": 80.5, "pgd_n": 2000, "n_test": 10000,
-        "lipschitz": 1.0, "s_per_step": 1.0, "training_time": "", "ms_1": None, "ms_128": None, "parameters": 5,
+        "lipschitz": 1.0, "s_per_step": 1.0, "training_time": "", "ms_1": None, "ms_128": None,
+        "parameters": 5,
     }  # fmt: skip
     sample = successors_table.render([row]).split("\n")[2].split(" | ")
     whole = successors_table.render([{**row, "pgd_n": 10000}]).split("\n")[2].split(" | ")
