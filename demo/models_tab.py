@@ -30,7 +30,8 @@ COLUMNS_NOTE = (
     "upper bounds on it: **PGD** is 200 steps of 0.01 from a random start in the ε-ball, maximising "
     "the logit margin, and an image counts as broken if any step fools the model (the stronger "
     "attack); **PGD, paper's attack** starts where the paper's evaluation code does and counts only "
-    "the last step: weaker, and the one to compare with the paper's PGD column."
+    "the last step: weaker, and the one to compare with the paper's PGD column. A PGD figure "
+    "with *n* attacked only *n* test images, evenly spaced through the set (the card says which)."
 )
 FRONT_MATTER = re.compile(r"\A---\s*\n.*?\n---\s*(\n|\Z)", re.DOTALL)
 
@@ -42,6 +43,13 @@ def card_body(card: str) -> str:
 
 def _pct(value: Any) -> str:
     return f"{value:.1f}%" if isinstance(value, int | float) else "—"
+
+
+def _pgd(results: dict[str, Any], key: str) -> str:
+    """A PGD column's cell, with the number of attacked images when PGD ran on a sample."""
+    cell, n, n_test = _pct(_at(results.get(key))), results.get("pgd_n"), results.get("n_test")
+    sampled = isinstance(n, int) and isinstance(n_test, int) and n < n_test and cell != "—"
+    return f"{cell} (*n* = {n:,})" if sampled else cell
 
 
 def _at(metric: Any) -> Any:
@@ -59,8 +67,8 @@ def _metrics(served: ServedModel) -> list[str]:
     return [
         _pct(results.get("clean")),
         _pct(_at(results.get("certified"))),
-        _pct(_at(results.get("pgd"))),
-        _pct(_at(results.get("pgd_paper_attack"))),
+        _pgd(results, "pgd"),
+        _pgd(results, "pgd_paper_attack"),
         f"{results.get('lipschitz', served.lipschitz):.7g}",
         " / ".join(_pct(paper.get(k)) for k in ("clean", "certified", "pgd")) if paper else "—",
     ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -91,3 +92,15 @@ def test_the_gradient_chart_names_a_model_whose_band_drops_at_a_layer_that_adds_
     assert f"{SUCCESSOR}: conv2 (" in caption and "bcop-small-mnist:" not in caption
     only_bcop = actions.gradient_norms(None, str(EXAMPLE), ["bcop-small-mnist"]).layout.annotations
     assert not any("Gradient attenuation" in a.text for a in only_bcop)
+
+
+def test_the_models_table_says_when_pgd_attacked_a_sample_of_the_test_set() -> None:
+    results = {
+        "clean": 98.58, "certified": {"1.58": 56.61}, "pgd": {"1.58": 81.75},
+        "pgd_paper_attack": {"1.58": 86.4}, "lipschitz": 1.0, "pgd_n": 2000, "n_test": 10000,
+    }  # fmt: skip
+    served = SimpleNamespace(results=lambda: results, lipschitz=1.0)
+    sample = models_tab._metrics(served)
+    assert sample[2] == "81.8% (*n* = 2,000)" and sample[3] == "86.4% (*n* = 2,000)"
+    whole = models_tab._metrics(SimpleNamespace(results=lambda: {**results, "pgd_n": 10000}, lipschitz=1.0))
+    assert whole[2] == "81.8%" and whole[1] == "56.6%"
