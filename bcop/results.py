@@ -39,6 +39,7 @@ __all__ = [
     "UNRECORDED_HARDWARE",
     "eps_key",
     "certified_at",
+    "pgd_sample_size",
     "percent",
     "upgrade_results",
     "read_results",
@@ -79,6 +80,13 @@ def certified_at(results: dict[str, Any], eps: float) -> float | None:
     """Schema-2 ``results``' certified accuracy (percent) at radius ``eps``; None when the
     evaluation's curve did not include that radius."""
     return results["certified"].get(eps_key(eps))
+
+
+def pgd_sample_size(results: dict[str, Any]) -> int | None:
+    """How many test images PGD attacked when it ran on a sample of the test set (``pgd_n`` below
+    ``n_test``); None when it attacked all of them, or the results do not say."""
+    n, n_test = results.get("pgd_n"), results.get("n_test")
+    return n if isinstance(n, int) and isinstance(n_test, int) and n < n_test else None
 
 
 def upgrade_results(results: dict[str, Any]) -> dict[str, Any]:

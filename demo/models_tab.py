@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 
 from bcop.hub import checkpoints_dir
 from bcop.report import certified_curve
+from bcop.results import pgd_sample_size
 from demo import figures
 from demo.certify_tab import FAST, PRIVATE
 from demo.errors import friendly, validated
@@ -47,9 +48,8 @@ def _pct(value: Any) -> str:
 
 def _pgd(results: dict[str, Any], key: str) -> str:
     """A PGD column's cell, with the number of attacked images when PGD ran on a sample."""
-    cell, n, n_test = _pct(_at(results.get(key))), results.get("pgd_n"), results.get("n_test")
-    sampled = isinstance(n, int) and isinstance(n_test, int) and n < n_test and cell != "—"
-    return f"{cell} (*n* = {n:,})" if sampled else cell
+    cell, n = _pct(_at(results.get(key))), pgd_sample_size(results)
+    return f"{cell} (*n* = {n:,})" if n and cell != "—" else cell
 
 
 def _at(metric: Any) -> Any:

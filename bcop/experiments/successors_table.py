@@ -21,7 +21,7 @@ from bcop.cards import training_time_cell
 from bcop.data import DATASET_SHAPES, TRAIN_VAL_SIZES
 from bcop.hub import load_folder
 from bcop.models import SUCCESSOR_PAPERS, parse_model_name
-from bcop.results import certified_at, collect_results, eps_key
+from bcop.results import certified_at, collect_results, eps_key, pgd_sample_size
 
 __all__ = [
     "PUBLISHED",
@@ -95,8 +95,7 @@ def table_rows(root: str | Path, timing: bool = True) -> list[dict[str, Any]]:
             "clean": r["clean"],
             **{f"certified {eps_key(e)}": certified_at(r, e) for e in RADII},
             "pgd": r["pgd"].get(eps_key(1.58)),
-            "pgd_n": r["pgd_n"],
-            "n_test": r["n_test"],
+            "pgd_sample": pgd_sample_size(r),
             "lipschitz": r["lipschitz"],
             "s_per_step": _seconds_per_step(training),
             "training_time": training_time_cell(training) if training else "",
@@ -115,7 +114,7 @@ def _pgd_cell(row: dict[str, Any]) -> str:
     """PGD accuracy, with the number of attacked images when PGD ran on a sample of the test set
     (its card says which images), so that a sample's figure never reads as the full set's."""
     cell = _cell(row["pgd"], ".2f")
-    return f"{cell} (n = {row['pgd_n']:,})" if cell and row["pgd_n"] < row["n_test"] else cell
+    return f"{cell} (n = {row['pgd_sample']:,})" if cell and row["pgd_sample"] else cell
 
 
 def _published(figures: tuple[float, float, str] | None, label: str = "") -> str:
